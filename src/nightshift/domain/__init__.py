@@ -1,0 +1,1 @@
+"""Domain: models, statuses and the pure policies that decide what happens next."""
