@@ -1,0 +1,1 @@
+"""One SQL store for SQLite and PostgreSQL; dialect differences are capabilities, not copies."""
