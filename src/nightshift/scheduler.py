@@ -1,0 +1,167 @@
+"""The scheduler: `tick(now)` turns due timers into runs; `run()` sleeps until the next fire.
+
+One transaction per batch of due jobs inserts their runs (or skipped records) and advances their
+timers, so a crash between the two cannot lose or double a fire; the unique fire key covers a
+second scheduler on the same database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from nightshift.clock import Clock
+from nightshift.config import Settings
+from nightshift.domain.misfire import FirePlan, plan_fires
+from nightshift.domain.models import Job
+from nightshift.outage import FailureStreak, one_line
+from nightshift.store.base import NewRun, Store
+from nightshift.timing import fire_after, fires_from_timer
+
+log = logging.getLogger("nightshift.scheduler")
+
+#: Grace for catch_up=none: a fire later than this counts as missed during downtime.
+MISFIRE_GRACE_S = 60.0
+#: How soon to look again when due jobs are held by another scheduler's transaction.
+LOCKED_RETRY_S = 0.05
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        settings: Settings,
+        *,
+        notified: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.settings = settings
+        #: True while job changes of other processes arrive as notifications (`wake()`).
+        self.notified = notified
+        self._wake = asyncio.Event()
+        self.on_fired: list = []  # callbacks run after a tick created runs (wake local workers)
+
+    # -- one step -------------------------------------------------------------------------------
+    def tick(self, now: datetime | None = None) -> int:
+        """Fire every job due at `now`; returns how many jobs were handled."""
+        now = now or self.clock.now()
+        total = 0
+        while True:
+            handled = self.store.fire_due(
+                now, lambda job: self.plan(job, now), self.settings.scheduler_batch
+            )
+            total += handled
+            if handled < self.settings.scheduler_batch:
+                return total
+
+    def plan(self, job: Job, now: datetime) -> FirePlan:
+        plan = plan_fires(
+            job,
+            now,
+            fires_from_timer(job),
+            catch_up_max=self.settings.catch_up_max,
+            misfire_grace_s=MISFIRE_GRACE_S,
+        )
+        if plan.next_fire_at is None:
+            # Either the schedule ended, or an outage was too long to walk: re-time from now.
+            plan.next_fire_at = fire_after(job, now)
+        return plan
+
+    def fire_reboot_jobs(self, started_at: datetime) -> int:
+        """Enqueue one run of every `@reboot` job for this start of the service. Safe to call
+        again with the same `started_at` after a failure: a job whose run for this start exists
+        already is left alone."""
+        count = 0
+        for job in self.store.reboot_jobs():
+            slot = started_at + timedelta(seconds=job.start_delay_s)
+            latest = self.store.list_runs(job_id=job.id, limit=1)
+            if latest and latest[0].scheduled_for == slot:
+                continue
+            new = NewRun(
+                job_id=job.id,
+                run_at=slot,
+                scheduled_for=slot,
+                params=dict(job.config.get("params") or {}),
+                low_priority=job.low_priority,
+            )
+            self.store.enqueue(new, started_at)
+            count += 1
+        return count
+
+    # -- the loop -------------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Re-read the timers now (a job changed, here or in a process that sent a NOTIFY)."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event, *, reboot: bool = True) -> None:
+        """Fire due jobs until `stop`. Database errors (an outage, a restart) are logged and
+        retried every second; the loop itself never ends early."""
+        started_at = self.clock.now() if reboot else None
+        version: int | None = None
+        failures = FailureStreak(log, "scheduler tick")
+        while not stop.is_set():
+            self._wake.clear()  # a change from here on wakes the sleep below at once
+            try:
+                if started_at is not None:
+                    await asyncio.to_thread(self.fire_reboot_jobs, started_at)
+                    started_at = None
+                    self._notify()
+                if version is None:
+                    version = await asyncio.to_thread(self.store.schedule_version)
+                fired = await asyncio.to_thread(self.tick, self.clock.now())
+                if fired:
+                    self._notify()
+                next_due = await asyncio.to_thread(self.store.next_fire_due)
+            except Exception as exc:
+                failures.failed(exc)
+                await self._sleep(1.0, stop)
+                continue
+            failures.succeeded()
+            if not fired and next_due is not None and next_due <= self.clock.now():
+                # Due jobs that this tick could not take: another scheduler holds them (SKIP
+                # LOCKED) and is firing them now. Look again shortly rather than spin.
+                await self._sleep(LOCKED_RETRY_S, stop)
+                continue
+            version = await self._idle(next_due, version, stop)
+
+    async def _idle(self, next_due: datetime | None, version: int, stop: asyncio.Event) -> int:
+        """Sleep until the earliest fire; wake early when a job changes here (the event), or in
+        another process: a NOTIFY sets the same event, and the schedule version is polled as
+        the fallback (every poll_s while notifications arrive, else every scheduler_poll_s)."""
+        while not stop.is_set():
+            poll = self.settings.poll_s if self.notified() else self.settings.scheduler_poll_s
+            wait = poll
+            if next_due is not None:
+                wait = min(wait, max(0.0, (next_due - self.clock.now()).total_seconds()))
+            if await self._sleep(wait, stop) or wait <= 0:
+                break
+            if next_due is not None and self.clock.now() >= next_due:
+                break
+            try:
+                current = await asyncio.to_thread(self.store.schedule_version)
+            except Exception as exc:
+                log.warning("reading the schedule version failed: %s", one_line(exc))
+                break  # the tick retries and backs off
+            if current != version:
+                return current
+        return version
+
+    async def _sleep(self, seconds: float, stop: asyncio.Event) -> bool:
+        """Wait up to `seconds`; True when woken by a change or a stop."""
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+        waker = asyncio.ensure_future(self._wake.wait())
+        stopper = asyncio.ensure_future(stop.wait())
+        done, pending = await asyncio.wait(
+            {sleeper, waker, stopper}, return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in pending:
+            task.cancel()
+        return waker in done or stopper in done
+
+    def _notify(self) -> None:
+        for callback in self.on_fired:
+            callback()

@@ -1,0 +1,1 @@
+"""Workers: claim runs under a lease, execute them by kind, record outcomes."""

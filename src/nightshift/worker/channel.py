@@ -1,0 +1,95 @@
+"""A run's side channel while it executes: logs, progress, checkpoints, children, stop requests.
+
+Everything is buffered in memory and written by the worker's next sync, so a job that logs in
+a tight loop costs the store one batched insert per heartbeat, not one commit per line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from nightshift.clock import Clock
+from nightshift.domain.models import JSON, Job, Run
+from nightshift.store.base import RunProgress
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+EnqueueFn = Callable[[Run, str, JSON | None, bool], Awaitable[int]]
+
+
+class RunChannel:
+    def __init__(self, run: Run, job: Job, clock: Clock, enqueue: EnqueueFn) -> None:
+        self.run = run
+        self.job = job
+        self._clock = clock
+        self._enqueue = enqueue
+        self._logs: list[tuple[datetime, str, str]] = []
+        self._progress: float | None = run.progress
+        self._progress_dirty = False
+        self.state: Any = run.state
+        self._state_dirty = False
+        self._stop = asyncio.Event()
+        self.kill_reason: str | None = None
+        self.completing = False  # the outcome is being recorded
+        self.exec_task: asyncio.Task[Any] | None = None
+
+    # -- RunIO --------------------------------------------------------------------------------
+    def log(self, level: str, message: str) -> None:
+        level = level.upper()
+        self._logs.append((self._clock.now(), level if level in LEVELS else "INFO", message))
+
+    def progress(self, done: float, total: float | None = None) -> None:
+        value = 100.0 * done / total if total else float(done)
+        self._progress = max(0.0, min(100.0, value))
+        self._progress_dirty = True
+
+    def checkpoint(self, state: Any) -> None:
+        self.state = state
+        self._state_dirty = True
+
+    async def enqueue(self, job: str, params: JSON | None, low_priority: bool) -> int:
+        return await self._enqueue(self.run, job, params, low_priority)
+
+    def should_stop(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def stop_event(self) -> asyncio.Event:
+        return self._stop
+
+    # -- worker side --------------------------------------------------------------------------
+    @property
+    def progress_value(self) -> float | None:
+        return self._progress
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def kill(self, reason: str) -> None:
+        """End the execution now (timeout, force stop, replace, shutdown, lost lease)."""
+        if self.kill_reason is None:
+            self.kill_reason = reason
+        if self.exec_task is not None and not self.exec_task.done():
+            self.exec_task.cancel()
+
+    def drain(self) -> RunProgress:
+        update = RunProgress(
+            run_id=self.run.id,
+            progress=self._progress if self._progress_dirty else None,
+            state=self.state,
+            state_changed=self._state_dirty,
+            logs=self._logs,
+        )
+        self._logs = []
+        self._progress_dirty = self._state_dirty = False
+        return update
+
+    def restore(self, update: RunProgress) -> None:
+        """Put back what a failed sync could not write, so the next one carries it."""
+        self._logs = update.logs + self._logs
+        if update.progress is not None and not self._progress_dirty:
+            self._progress_dirty = True
+        if update.state_changed:
+            self._state_dirty = True

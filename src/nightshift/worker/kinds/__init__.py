@@ -1,0 +1,1 @@
+"""One module per job kind, each with its config model and its executor."""

@@ -1,0 +1,171 @@
+"""The `python` kind: a user function, found by 'module:qualname', run in a child process.
+
+Validation never imports user code (the API process may not have it); a worker's child process
+imports it when a run executes, and an import error then deactivates the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import keyword
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nightshift.domain.models import JSON, JobKind
+from nightshift.domain.signals import Signal
+from nightshift.errors import InvalidInput
+from nightshift.worker.executor import Outcome, RunIO, Task, error_info
+from nightshift.worker.pool import ProcessPool
+
+_FUNCTION_HINT = "must be 'module:function', e.g. 'myapp.jobs:daily_report'"
+
+
+class PythonConfig(BaseModel):
+    """A python job's config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    function: str = Field(description="'module:qualname' of the job function")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="default params, overridden by a run's own params"
+    )
+
+
+def _is_dotted_name(text: str) -> bool:
+    parts = text.split(".")
+    return all(part.isidentifier() and not keyword.iskeyword(part) for part in parts)
+
+
+def parse_reference(reference: Any) -> tuple[str, str]:
+    """Split 'module:qualname', or raise InvalidInput naming `config.function`."""
+    if not isinstance(reference, str) or not reference.strip():
+        raise InvalidInput(f"is required and {_FUNCTION_HINT}", field="config.function")
+    module, sep, qualname = reference.strip().partition(":")
+    if not sep or not _is_dotted_name(module) or not _is_dotted_name(qualname):
+        raise InvalidInput(f"{_FUNCTION_HINT}, got {reference!r}", field="config.function")
+    return module, qualname
+
+
+class PythonExecutor:
+    kind = JobKind.PYTHON
+
+    def __init__(
+        self,
+        processes: int = 2,
+        imports: Sequence[str] = (),
+        sys_path: Sequence[str] | None = None,
+        *,
+        log_level: str | int = "INFO",
+    ) -> None:
+        """`processes` child processes; each imports `imports` (the service's `--import`
+        modules) when it starts, after putting `sys_path` in front of its module path."""
+        if processes < 1:
+            raise ValueError(f"processes must be at least 1, got {processes}")
+        self.processes = processes
+        self.imports = list(imports)
+        self.sys_path = list(sys_path or [])
+        self.log_level = log_level
+        self._pool: ProcessPool | None = None
+        self._closed = False
+        self._lock = asyncio.Lock()
+
+    @property
+    def pool(self) -> ProcessPool | None:
+        return self._pool
+
+    def validate(self, config: JSON) -> JSON:
+        if not isinstance(config, dict):
+            raise InvalidInput(
+                "must be an object with 'function': 'module:function'", field="config"
+            )
+        for key in config:
+            if key not in PythonConfig.model_fields:
+                raise InvalidInput(
+                    "unknown field (a python job's config has 'function' and 'params')",
+                    field=f"config.{key}",
+                )
+        module, qualname = parse_reference(config.get("function"))
+        params = config.get("params")
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise InvalidInput("must be an object", field="config.params")
+        return PythonConfig(function=f"{module}:{qualname}", params=params).model_dump()
+
+    async def start(self) -> None:
+        async with self._lock:
+            if self._pool is not None:
+                return
+            self._closed = False
+            pool = ProcessPool(
+                self.processes, self.imports, self.sys_path, log_level=self.log_level
+            )
+            await pool.start()
+            self._pool = pool
+
+    async def recycle(self) -> None:
+        """Restart the pool's child processes (a reload), so that changed code loads; a child
+        busy with a run finishes it first."""
+        pool = self._pool
+        if pool is not None:
+            await pool.recycle()
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def execute(self, task: Task, io: RunIO) -> Outcome:
+        try:
+            config = self.validate(task.job.config)
+        except InvalidInput as exc:
+            return Outcome(
+                status="failed",
+                error=error_info(exc, with_traceback=False),
+                permanent=True,
+                deactivate=f"invalid config: {exc}",
+                state=task.state,
+            )
+        if self._pool is None and not self._closed:
+            try:
+                await self.start()  # started on first use when nobody called start()
+            except Exception as exc:
+                return Outcome(status="failed", error=error_info(exc), state=task.state)
+        if self._pool is None:
+            return Outcome(
+                status="failed",
+                error={
+                    "type": "ExecutorClosed",
+                    "message": "the python executor is closed",
+                    "traceback": None,
+                },
+                state=task.state,
+            )
+        pool = self._pool
+        payload = {
+            "function": config["function"],
+            "params": {**config["params"], **(task.params or {})},
+            "app": task.job.app,
+            "run_id": task.run_id,
+            "job": task.job.name,
+            "attempt": task.attempt,
+            "state": task.state,
+        }
+        try:
+            outcome = await pool.run(payload, io)
+        except Exception as exc:  # the pool's own failure (closed, cannot start a process)
+            return Outcome(status="failed", error=error_info(exc), state=task.state)
+        signal = outcome.get("signal")
+        return Outcome(
+            status=outcome["status"],
+            result=outcome.get("result"),
+            error=outcome.get("error"),
+            permanent=bool(outcome.get("permanent", False)),
+            signal=Signal(signal) if signal else None,
+            deactivate=outcome.get("deactivate"),
+            state=outcome.get("state"),
+        )
