@@ -1,0 +1,1 @@
+"""The REST API: a FastAPI app factory over the service layer."""

@@ -1,0 +1,262 @@
+"""Statistics (seed 002) and usage per app (seed 003): use cases and their pure aggregation.
+
+Each figure falls in the bucket of its own event, in UTC: a run counts as *created* in the bucket
+of its created_at; its *waiting* time (created -> started) in the bucket where it started; it
+counts as *succeeded* / *failed* where it finished; an *execution* (a run that started and ended
+succeeded, failed or stopped) gives its *duration* (started -> finished) and run-seconds where it
+finished.
+
+Whole minutes older than the roll-up watermark are read from `run_stats` (summed per bucket in
+SQL); newer ones are aggregated here from the runs' timestamps. Both go through `aggregate`, so
+the roll-up holds exactly what live aggregation gives. The roll-up also writes, for each hour it
+closes, that hour's sums of its minute rows (`run_stats_hourly`, `run_stats_hist_hourly`): hour
+and day buckets read whole hours from there and only the last, unfinished hour from minute rows,
+so a day costs 24 rows per app instead of 1,440 (and ~500 histogram rows instead of ~30,000).
+
+The p95 of durations comes from a histogram of fixed log-spaced bins (ratio 2**0.25 from 1 ms):
+the reported value is the geometric middle of the bin holding the nearest-rank p95, capped at the
+bucket's longest duration, so it is within 9 % of the exact figure (or 1 ms below one
+millisecond).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from nightshift.clock import Clock
+from nightshift.config import Settings
+from nightshift.errors import InvalidInput
+from nightshift.store.base import RunEvent, StatsRow, Store
+
+BUCKETS = {"minute": 60, "hour": 3600, "day": 86_400}
+DEFAULT_SPAN = {"minute": timedelta(hours=1), "hour": timedelta(days=1), "day": timedelta(days=30)}
+MAX_BUCKETS = 1500
+SYSTEM_APP = "system"  # the app of Nightshift's own jobs (nightshift.system_jobs)
+RESERVED_APP = "app 'system' is reserved for Nightshift's own jobs"
+EXECUTED = frozenset({"succeeded", "failed", "stopped"})
+
+_BIN_BASE = 0.001  # seconds: bin 0 holds everything up to 1 ms
+_BIN_RATIO = 2**0.25
+_LOG_RATIO = math.log(_BIN_RATIO)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def duration_bin(seconds: float) -> int:
+    if seconds <= _BIN_BASE:
+        return 0
+    return 1 + int(math.log(seconds / _BIN_BASE) / _LOG_RATIO)
+
+
+def bin_value(index: int) -> float:
+    """A representative duration of a bin: the geometric middle of its bounds."""
+    if index == 0:
+        return _BIN_BASE
+    return _BIN_BASE * _BIN_RATIO ** (index - 0.5)
+
+
+def floor_time(when: datetime, size_s: int) -> datetime:
+    seconds = int((when - _EPOCH).total_seconds() // size_s) * size_s
+    return _EPOCH + timedelta(seconds=seconds)
+
+
+def ceil_minute(when: datetime) -> datetime:
+    floored = floor_time(when, 60)
+    return floored if floored == when else floored + timedelta(minutes=1)
+
+
+@dataclass(slots=True)
+class Figures:
+    """Mergeable sums of one span: one app-minute, one bucket, or one app's usage."""
+
+    row: StatsRow
+    bins: Counter[int] = field(default_factory=Counter)
+
+    def merge(self, other: StatsRow, bins: Counter[int] | None = None) -> None:
+        r = self.row
+        r.created += other.created
+        r.started += other.started
+        r.wait_sum += other.wait_sum
+        r.succeeded += other.succeeded
+        r.failed += other.failed
+        r.executions += other.executions
+        r.run_seconds += other.run_seconds
+        r.wait_min = _pick(min, r.wait_min, other.wait_min)
+        r.wait_max = _pick(max, r.wait_max, other.wait_max)
+        r.duration_max = _pick(max, r.duration_max, other.duration_max)
+        if bins:
+            self.bins.update(bins)
+
+
+def _pick(fn: Any, a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return fn(a, b)
+
+
+def aggregate(events: list[RunEvent], since: datetime, until: datetime) -> dict[tuple, Figures]:
+    """Per (app, UTC minute) figures of the events in [since, until)."""
+    out: dict[tuple, Figures] = {}
+
+    def at(app: str, when: datetime) -> Figures:
+        minute = floor_time(when, 60)
+        found = out.get((app, minute))
+        if found is None:
+            found = out[(app, minute)] = Figures(StatsRow(start=minute, app=app))
+        return found
+
+    def inside(when: datetime | None) -> bool:
+        return when is not None and since <= when < until
+
+    for e in events:
+        if inside(e.created_at):
+            at(e.app, e.created_at).row.created += 1
+        if inside(e.started_at):
+            wait = max(0.0, (e.started_at - e.created_at).total_seconds())  # type: ignore[operator]
+            one = StatsRow(e.started_at, e.app, started=1, wait_sum=wait)  # type: ignore[arg-type]
+            one.wait_min = one.wait_max = wait
+            at(e.app, e.started_at).merge(one)  # type: ignore[arg-type]
+        if inside(e.finished_at) and e.status in ("succeeded", "failed", "stopped"):
+            figures = at(e.app, e.finished_at)  # type: ignore[arg-type]
+            if e.status == "succeeded":
+                figures.row.succeeded += 1
+            elif e.status == "failed":
+                figures.row.failed += 1
+            if e.started_at is not None:
+                took = max(0.0, (e.finished_at - e.started_at).total_seconds())  # type: ignore[operator]
+                one = StatsRow(e.finished_at, e.app, executions=1, run_seconds=took)  # type: ignore[arg-type]
+                one.duration_max = took
+                figures.merge(one, Counter({duration_bin(took): 1}))
+    return out
+
+
+def p95(bins: Counter[int], longest: float | None) -> float | None:
+    total = sum(bins.values())
+    if not total:
+        return None
+    rank = math.ceil(0.95 * total)
+    seen = 0
+    for index in sorted(bins):
+        seen += bins[index]
+        if seen >= rank:
+            value = bin_value(index)
+            return min(value, longest) if longest is not None else value
+    return None  # not reached
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+class StatsService:
+    def __init__(self, store: Store, clock: Clock, settings: Settings) -> None:
+        self.store = store
+        self.clock = clock
+        self.settings = settings
+
+    # -- the query ----------------------------------------------------------------------------
+    def stats(
+        self,
+        bucket: str = "hour",
+        since: datetime | None = None,
+        until: datetime | None = None,
+        app: str | None = None,
+    ) -> dict[str, Any]:
+        """Buckets of [since, until) and usage per app. `app` None: every app but the system's.
+        Buckets are UTC-aligned: `since` goes down to its bucket's start, `until` up to a minute."""
+        size = BUCKETS.get(bucket)
+        if size is None:
+            raise InvalidInput(f"one of {', '.join(BUCKETS)}", field="bucket")
+        end = ceil_minute(until or self.clock.now())
+        start = floor_time(since or end - DEFAULT_SPAN[bucket], size)
+        if start >= end:
+            raise InvalidInput("must be before until", field="since")
+        if (end - start).total_seconds() / size > MAX_BUCKETS:
+            raise InvalidInput(
+                f"at most {MAX_BUCKETS} buckets per request; use a larger bucket", field="since"
+            )
+        scope = {"app": app, "exclude_app": None if app is not None else SYSTEM_APP}
+        buckets: dict[datetime, Figures] = {}
+        usage: dict[str, Figures] = {}
+
+        def add(at: datetime, row: StatsRow, bins: Counter[int] | None = None) -> None:
+            key = floor_time(at, size)
+            buckets.setdefault(key, Figures(StatsRow(key, ""))).merge(row, bins)
+            usage.setdefault(row.app, Figures(StatsRow(start, row.app))).merge(row)
+
+        mark = self.store.stats_watermark()
+        live_from = start
+        if mark is not None and mark > start:
+            live_from = min(mark, end)
+            rows, hist = self.store.rolled_stats(size, start, live_from, **scope)
+            for row in rows:
+                add(row.start, row)
+            for at, index, count in hist:
+                buckets.setdefault(at, Figures(StatsRow(at, ""))).bins[index] += count
+        if live_from < end:
+            events = self.store.run_events(live_from, end, **scope)
+            for figures in aggregate(events, live_from, end).values():
+                add(figures.row.start, figures.row, figures.bins)
+
+        out = []
+        at = start
+        while at < end:
+            f = buckets.get(at) or Figures(StatsRow(at, ""))
+            r = f.row
+            out.append(
+                {
+                    "start": at,
+                    "created": r.created,
+                    "waiting_s": {
+                        "avg": _r(r.wait_sum / r.started) if r.started else None,
+                        "min": _r(r.wait_min),
+                        "max": _r(r.wait_max),
+                    },
+                    "succeeded": r.succeeded,
+                    "failed": r.failed,
+                    "duration_s": {
+                        "avg": _r(r.run_seconds / r.executions) if r.executions else None,
+                        "p95": _r(p95(f.bins, r.duration_max)),
+                    },
+                }
+            )
+            at += timedelta(seconds=size)
+        apps = [
+            {"app": name, "executions": f.row.executions, "run_seconds": _r(f.row.run_seconds)}
+            for name, f in sorted(usage.items())
+        ]
+        return {
+            "bucket": bucket,
+            "since": start,
+            "until": end,
+            "rolled_up_until": mark,
+            "buckets": out,
+            "apps": apps,
+        }
+
+    # -- the roll-up (a system job) -----------------------------------------------------------
+    def roll_up(self) -> dict[str, Any]:
+        """Roll closed minutes up: from the watermark (or the first run) to `stats_lag_s` ago, at
+        most `stats_rollup_batch_minutes` at a time. Safe to run concurrently (compare-and-set)."""
+        previous = self.store.stats_watermark()
+        frm = previous
+        if frm is None:
+            first = self.store.first_run_at()
+            if first is None:
+                return {"rolled_minutes": 0}
+            frm = floor_time(first, 60)
+        closed = floor_time(self.clock.now() - timedelta(seconds=self.settings.stats_lag_s), 60)
+        to = min(closed, frm + timedelta(minutes=self.settings.stats_rollup_batch_minutes))
+        if to <= frm:
+            return {"rolled_minutes": 0}
+        figures = aggregate(self.store.run_events(frm, to), frm, to)
+        rows = [f.row for f in figures.values()]
+        bins = [(f.row.app, f.row.start, k, n) for f in figures.values() for k, n in f.bins.items()]
+        moved = self.store.save_rollup(previous, to, rows, bins)
+        minutes = int((to - frm).total_seconds() // 60) if moved else 0
+        return {"rolled_minutes": minutes, "until": to.isoformat(), "rows": len(rows)}
