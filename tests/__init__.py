@@ -1,0 +1,1 @@
+"""Nightshift's test suite (a package, so that `tests.jobs_sample` is importable)."""

@@ -1,0 +1,289 @@
+"""Workers executing real python and http jobs against a real store, on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from sqlalchemy import update
+
+from nightshift.clock import SystemClock
+from nightshift.config import Settings
+from nightshift.domain.misfire import FirePlan
+from nightshift.domain.status import RunStatus
+from nightshift.service import Service
+from nightshift.store import SqlStore
+from nightshift.store.tables import runs
+from nightshift.worker.kinds.registry import build_executors
+from nightshift.worker.worker import Worker
+
+S = RunStatus
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+async def rig(store: SqlStore, settings: Settings) -> AsyncIterator[tuple[Service, Worker]]:
+    clock = SystemClock()
+    executors = build_executors(settings)
+    worker = Worker(store, clock, settings, executors)
+    service = Service(store, clock, settings, executors, on_change=worker.wake)
+    await worker.start()
+    yield service, worker
+    await worker.close(grace_s=0)
+
+
+def py(service: Service, fn: str, name: str | None = None, **fields):  # type: ignore[no-untyped-def]
+    config = {"function": f"tests.jobs_worker:{fn}", "params": fields.pop("params", {})}
+    return service.create_job({"name": name or fn, "kind": "python", "config": config, **fields})
+
+
+async def until(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    """Wait for a condition the worker makes true in its own time (polled, bounded)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not await asyncio.to_thread(predicate):
+        if loop.time() > end:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+async def test_a_python_run_is_recorded_with_times_logs_and_result(rig, store) -> None:  # type: ignore[no-untyped-def]
+    service, worker = rig
+    job = py(service, "ok")
+    run = service.run_now(job.id, params={"who": "nightshift"}, run_by="alice")
+    assert await worker.run_once()
+    done = store.get_run(run.id)
+    assert done.status == S.SUCCEEDED
+    assert done.result == {"returned": "OK"}
+    assert done.run_by == "alice" and done.progress == 100.0
+    assert done.created_at <= done.started_at <= done.finished_at
+    assert done.duration_s(done.finished_at) >= 0 and done.waiting_s(done.finished_at) >= 0
+    assert "hello nightshift" in [line.message for line in store.get_logs(run.id)]
+
+
+async def test_failures_retry_with_linked_attempts_then_fail(rig, store) -> None:  # type: ignore[no-untyped-def]
+    service, worker = rig
+    job = py(service, "flaky", retries={"max": 2, "backoff_s": 0})
+    first = service.run_now(job.id)
+    for _ in range(3):
+        assert await worker.run_once()
+    attempts = sorted(store.list_runs(job_id=job.id), key=lambda r: r.attempt)
+    assert [(r.attempt, r.status) for r in attempts] == [
+        (1, S.FAILED),
+        (2, S.FAILED),
+        (3, S.FAILED),
+    ]
+    assert [r.retry_of for r in attempts] == [None, first.id, first.id]
+    assert attempts[2].error["type"] == "RuntimeError"
+    assert "attempt 3 failed" in attempts[2].error["message"]
+    assert "Traceback" in attempts[2].error["traceback"]
+    assert any("attempt 2 of 3" in line.message for line in store.get_logs(first.id))
+    assert not await worker.run_once()  # no fourth attempt
+
+
+async def test_a_timeout_kills_a_job_stuck_in_a_cpu_loop(rig, store) -> None:  # type: ignore[no-untyped-def]
+    service, worker = rig
+    job = py(service, "cpu_loop", timeout_s=0.5)
+    run = service.run_now(job.id)
+    await asyncio.wait_for(worker.run_once(), timeout=10)
+    done = store.get_run(run.id)
+    assert done.status == S.FAILED
+    assert done.error["type"] == "Timeout" and "0.5 s" in done.error["message"]
+    ok = service.run_now(py(service, "ok").id)  # the pool replaced the killed process
+    await worker.run_once()
+    assert store.get_run(ok.id).status == S.SUCCEEDED
+
+
+async def test_an_unknown_function_deactivates_the_job(rig, store) -> None:  # type: ignore[no-untyped-def]
+    service, worker = rig
+    job = service.create_job(
+        {
+            "name": "ghost",
+            "kind": "python",
+            "config": {"function": "tests.jobs_worker:nope"},
+            "schedule": "every 1h",
+            "retries": 3,
+        }
+    )
+    run = service.run_now(job.id)
+    await worker.run_once()
+    assert store.get_run(run.id).status == S.FAILED
+    after = store.get_job(job.id)
+    assert after.enabled is False and "nope" in after.deactivated_reason
+    assert after.next_fire_at is None
+    assert not await worker.run_once()  # an import error is not retried
+
+
+@pytest.mark.parametrize("signal", ["EXIT", "STOP", "SLEEP"])
+async def test_return_values_steer_the_job(rig, store, signal) -> None:  # type: ignore[no-untyped-def]
+    service, worker = rig
+    job = py(service, "signal", schedule="every 1m", params={"signal": signal})
+    run = service.run_now(job.id)
+    await worker.run_once()
+    after = store.get_job(job.id)
+    started = store.get_run(run.id).started_at
+    if signal == "EXIT":
+        assert not after.enabled and "EXIT" in after.deactivated_reason
+    elif signal == "STOP":
+        assert after.enabled and after.hold == "stop"
+        assert store.next_fire_due() is None
+        assert service.release_holds() == 1
+        assert store.get_job(job.id).hold is None and store.next_fire_due() is not None
+    else:
+        assert after.next_fire_at >= started + timedelta(hours=24)
+        assert after.next_fire_at <= started + timedelta(hours=24, minutes=1)
+
+
+async def test_children_are_linked_and_counted(rig, store) -> None:  # type: ignore[no-untyped-def]
+    service, worker = rig
+    parent_job = py(service, "parent", params={"children": 3})
+    py(service, "child")
+    parent = service.run_now(parent_job.id)
+    while await worker.run_once():
+        pass
+    kids = [r for r in store.list_runs(root_id=parent.id) if r.id != parent.id]
+    assert len(kids) == 3 and all(
+        k.parent_id == parent.id and k.status == S.SUCCEEDED for k in kids
+    )
+    assert sorted(k.params["n"] for k in kids) == [0, 1, 2]
+    done = store.get_run(parent.id)
+    assert (done.children_total, done.children_finished, done.children_failed) == (3, 3, 0)
+
+
+async def test_a_stop_request_checkpoints_and_resumable_state(rig, store, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    service, worker = rig
+    out = tmp_path / "items.txt"
+    job = py(service, "items", params={"total": 1000, "delay": 0.005, "out": str(out)})
+    run = service.run_now(job.id)
+    task = asyncio.create_task(worker.run_once())
+    await until(lambda: out.exists() and len(out.read_text().split()) >= 20)
+    with store.engine.begin() as conn:  # what the stop operation writes
+        conn.execute(update(runs).where(runs.c.id == run.id).values(status="stopping"))
+    await asyncio.wait_for(task, 10)
+    stopped = store.get_run(run.id)
+    assert stopped.status == S.STOPPED
+    processed = [int(x) for x in out.read_text().split()]
+    assert stopped.state == len(processed) and processed == list(range(len(processed)))
+    assert 0 < stopped.progress < 100
+
+
+async def test_replace_cancels_the_running_run(rig, store, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    service, worker = rig
+    mark = tmp_path / "mark"
+    job = py(
+        service,
+        "marks_then_sleeps",
+        overlap="replace",
+        schedule="every 1h",
+        params={"mark": str(mark)},
+    )
+    old = service.run_now(job.id)
+    runner = asyncio.create_task(worker.run(asyncio.Event()))
+    await until(mark.exists)
+    now = worker.clock.now()
+    store.update_job(job.id, {"next_fire_at": now})
+    store.fire_due(
+        now,
+        lambda j: FirePlan(
+            runs=[(now, now)], next_fire_at=now + timedelta(hours=1), replace_active=True
+        ),
+        10,
+    )
+    await until(lambda: store.get_run(old.id).status == S.CANCELLED)
+    assert store.get_run(old.id).reason == "replaced"
+    await until(
+        lambda: any(
+            r.scheduled_for == now and r.status == S.RUNNING for r in store.list_runs(job_id=job.id)
+        )
+    )
+    runner.cancel()
+
+
+async def test_graceful_close_returns_unfinished_runs_to_pending(store, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    worker = Worker(store, SystemClock(), settings, build_executors(settings))
+    service = Service(store, worker.clock, settings, worker.executors)
+    await worker.start()
+    mark = tmp_path / "mark"
+    job = py(service, "marks_then_sleeps", params={"mark": str(mark), "seconds": 60})
+    run = service.run_now(job.id)
+    runner = asyncio.create_task(worker.run(asyncio.Event()))
+    await until(mark.exists)
+    await worker.close(grace_s=0.2)
+    runner.cancel()
+    back = store.get_run(run.id)
+    assert (back.status, back.lease_owner, back.started_at) == (S.PENDING, None, None)
+    assert back.attempt == 1
+
+
+async def test_a_new_worker_recovers_runs_of_a_dead_one_at_start(store, settings) -> None:  # type: ignore[no-untyped-def]
+    clock = SystemClock()
+    service = Service(store, clock, settings, build_executors(settings))
+    run = service.run_now(py(service, "ok").id)
+    store.claim("localhost-that-died:1:abcd", clock.now(), 3600, 10, ["python"])
+    import socket
+
+    dead_owner = f"{socket.gethostname()}:999999:dead"
+    with store.engine.begin() as conn:
+        conn.execute(update(runs).where(runs.c.id == run.id).values(lease_owner=dead_owner))
+    worker = Worker(store, clock, settings, build_executors(settings))
+    await worker.start()  # recovers without waiting an hour for the lease
+    try:
+        assert await worker.run_once()
+        attempts = store.list_runs(job_id=run.job_id)
+        assert [(r.attempt, r.status) for r in attempts] == [(2, S.SUCCEEDED), (1, S.FAILED)]
+        assert attempts[1].reason == "worker lost"
+    finally:
+        await worker.close(grace_s=0)
+
+
+class _Hello(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b'{"hello": "world"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+async def test_an_http_run_records_request_and_response(rig, store) -> None:  # type: ignore[no-untyped-def]
+    service, worker = rig
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/ping"
+        job = service.create_job(
+            {"name": "ping", "kind": "http", "config": {"url": url, "query": "parameters={type:1}"}}
+        )
+        run = service.run_now(job.id)
+        await worker.run_once()
+        done = store.get_run(run.id)
+        assert done.status == S.SUCCEEDED
+        assert done.result["request"]["url"].endswith("/ping?parameters={type:1}")
+        assert done.result["response"]["status"] == 200
+        assert '"hello"' in done.result["response"]["body"]
+        assert any("200" in line.message for line in store.get_logs(run.id))
+    finally:
+        server.shutdown()
+
+
+async def test_queue_overlap_runs_one_after_the_other(rig, store, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    service, worker = rig
+    job = py(service, "marks_then_sleeps", overlap="queue")
+    first = service.run_now(job.id, params={"mark": str(tmp_path / "a"), "seconds": 0.3})
+    second = service.run_now(job.id, params={"mark": str(tmp_path / "b"), "seconds": 0.3})
+    runner = asyncio.create_task(worker.run(asyncio.Event()))
+    try:
+        await until(lambda: store.get_run(second.id).status == S.SUCCEEDED)
+    finally:
+        runner.cancel()
+    a, b = store.get_run(first.id), store.get_run(second.id)
+    assert a.status == S.SUCCEEDED
+    assert b.started_at >= a.finished_at  # queued behind the first, never in parallel
