@@ -1,0 +1,248 @@
+"""Ceilings of the drain's parts, measured apart (for PROFILE.md; not part of the suite).
+
+    .venv/bin/python bench/bench_components.py [--backend sqlite] [--part store,pool,worker]
+
+- store: `store.claim(limit=B)` then `store.complete(B completions)` in a loop over pending
+  runs inserted beforehand (the store's own row encoding, one executemany), for B in 1, 2,
+  10, 100, 500: claim+complete pairs per second, and the time split between the two. This is
+  what the database layer allows at each batch size, with no worker around it.
+- pool: the python kind's `ProcessPool` alone (default size: max(2, cores)), running the
+  no-op job with as many tasks in flight as processes (and twice that): round trips per
+  second; and the same through `PythonExecutor.execute` (config validation included).
+- worker: the real `Worker` with a no-op in-process executor standing in for the python kind
+  (no IPC), default settings (2 process slots) and 50 slots: drain rate of the worker loop and
+  the store together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from bench_throughput import NOOP, CallStats, Completions, create_noop_job
+from benchlib import Results, TempDatabase, add_common_args, backends, quiet_logging
+from sqlalchemy import insert
+
+from nightshift.domain.models import JobKind
+
+BATCHES = (1, 2, 10, 100, 500)
+
+
+def open_service(url: str, **settings: Any) -> tuple[Any, Any, Any]:
+    from nightshift.clock import SystemClock
+    from nightshift.config import Settings
+    from nightshift.service import Service
+    from nightshift.store import open_store
+    from nightshift.worker.kinds.registry import build_executors
+
+    cfg = Settings(database_url=url, **settings)
+    store = open_store(url)
+    return store, Service(store, SystemClock(), cfg, build_executors(cfg)), cfg
+
+
+def insert_pending(store: Any, job: Any, count: int) -> None:
+    """`count` pending runs of `job`, due now, in one executemany (the store's row encoding)."""
+    from nightshift.store.base import NewRun
+    from nightshift.store.sql.runs import run_values
+    from nightshift.store.tables import runs
+
+    now = datetime.now(UTC)
+    row = {"app": job.app, "kind": str(job.kind), "overlap": str(job.overlap)}
+    values = [run_values(NewRun(job_id=job.id, run_at=now), row, now) for _ in range(count)]
+    with store.engine.begin() as conn:
+        for k in range(0, count, 5000):
+            conn.execute(insert(runs), values[k : k + 5000])
+
+
+def store_ceiling(backend: str, results: Results) -> None:
+    from nightshift.domain.status import RunStatus
+    from nightshift.store.base import Completion
+
+    for batch in BATCHES:
+        count = 1000 if batch <= 2 else 5000
+        with TempDatabase(backend) as db:
+            store, service, _ = open_service(db.url)
+            job = create_noop_job(service)
+            insert_pending(store, job, count)
+            claim_s = complete_s = 0.0
+            done = 0
+            while done < count:
+                now = datetime.now(UTC)
+                t0 = time.perf_counter()
+                claimed = store.claim("bench", now, 30.0, batch, ["python"])
+                t1 = time.perf_counter()
+                store.complete(
+                    [
+                        Completion(
+                            run_id=c.run.id,
+                            owner="bench",
+                            status=RunStatus.SUCCEEDED,
+                            finished_at=datetime.now(UTC),
+                            result={"returned": "OK"},
+                        )
+                        for c in claimed
+                    ]
+                )
+                t2 = time.perf_counter()
+                claim_s += t1 - t0
+                complete_s += t2 - t1
+                done += len(claimed)
+                if not claimed:
+                    break
+            store.close()
+        total = claim_s + complete_s
+        results.add(
+            "component-store",
+            backend,
+            {
+                "batch": batch,
+                "pairs_per_s": round(done / total, 1),
+                "claim_ms_per_run": round(1000 * claim_s / done, 3),
+                "complete_ms_per_run": round(1000 * complete_s / done, 3),
+                "runs": done,
+            },
+        )
+
+
+async def _pool_rate(size: int, inflight: int, count: int, through_executor: bool) -> float:
+    from nightshift.domain.models import Job, JobKind
+    from nightshift.worker.executor import MemoryIO, Task
+    from nightshift.worker.kinds.python import PythonExecutor
+    from nightshift.worker.pool import ProcessPool
+
+    executor = PythonExecutor(processes=size)
+    pool = ProcessPool(size)
+    await (executor.start() if through_executor else pool.start())
+    job = Job(id=1, app="default", name="noop", kind=JobKind.PYTHON, config=dict(NOOP))
+    semaphore = asyncio.Semaphore(inflight)
+
+    async def one(i: int) -> None:
+        async with semaphore:
+            if through_executor:
+                outcome = await executor.execute(Task(i, job, {}), MemoryIO())
+                assert outcome.status == "succeeded", outcome
+            else:
+                payload = {
+                    "function": NOOP["function"],
+                    "params": {},
+                    "app": "default",
+                    "run_id": i,
+                    "job": "noop",
+                    "attempt": 1,
+                    "state": None,
+                }
+                outcome = await pool.run(payload, MemoryIO())
+                assert outcome["status"] == "succeeded", outcome
+
+    try:
+        await asyncio.gather(*(one(i) for i in range(50)))  # warm-up
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(count)))
+        return count / (time.perf_counter() - t0)
+    finally:
+        await (executor.close() if through_executor else pool.close())
+
+
+def pool_ceiling(results: Results) -> None:
+    size = max(2, os.cpu_count() or 2)
+    for through in (False, True):
+        for inflight in (size, 2 * size):
+            rate = asyncio.run(_pool_rate(size, inflight, 3000, through))
+            results.add(
+                "component-pool",
+                "-",
+                {
+                    "processes": size,
+                    "in_flight": inflight,
+                    "path": "PythonExecutor.execute" if through else "ProcessPool.run",
+                    "round_trips_per_s": round(rate, 1),
+                },
+            )
+
+
+class NullExecutor:
+    """Stands in for the python kind: succeeds at once, in the worker's event loop."""
+
+    kind = JobKind.PYTHON
+
+    def validate(self, config: Any) -> Any:
+        return config
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def execute(self, task: Any, io: Any) -> Any:
+        from nightshift.worker.executor import Outcome
+
+        return Outcome("succeeded", result={"returned": "OK"})
+
+
+async def _drain(store: Any, settings: Any, count: int) -> tuple[float, Completions, CallStats]:
+    from nightshift.clock import SystemClock
+    from nightshift.worker.worker import Worker
+
+    completions = Completions(store.complete, count, asyncio.get_running_loop())
+    store.complete = completions
+    claims = store.claim = CallStats(store.claim)
+    worker = Worker(store, SystemClock(), settings, {JobKind.PYTHON: NullExecutor()})
+    stop = asyncio.Event()
+    t0 = time.perf_counter()
+    await worker.start()
+    loop_task = asyncio.create_task(worker.run(stop))
+    await asyncio.wait_for(completions.done.wait(), 300)
+    elapsed = time.perf_counter() - t0
+    stop.set()
+    await loop_task
+    await worker.close()
+    return elapsed, completions, claims
+
+
+def worker_ceiling(backend: str, results: Results, count: int = 5000) -> None:
+    for slots in (None, 50):
+        with TempDatabase(backend) as db:
+            extra = {} if slots is None else {"worker_processes": slots}
+            store, service, settings = open_service(db.url, **extra)
+            job = create_noop_job(service)
+            insert_pending(store, job, count)
+
+            elapsed, completions, claims = asyncio.run(_drain(store, settings, count))
+            store.close()
+        results.add(
+            "component-worker",
+            backend,
+            {
+                "slots": settings.worker_processes,
+                "runs_per_s": round(count / elapsed, 1),
+                "claim_calls_per_run": round(claims.calls / count, 2),
+                "complete_batch": completions.summary().get("per_call"),
+            },
+            calls={"claim": claims.summary(), "complete": completions.summary()},
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_args(parser)
+    parser.add_argument("--part", default="store,pool,worker")
+    args = parser.parse_args()
+    quiet_logging()
+    results = Results(args.json)
+    parts = set(args.part.split(","))
+    if "pool" in parts:
+        pool_ceiling(results)
+    for backend in backends(args):
+        if "store" in parts:
+            store_ceiling(backend, results)
+        if "worker" in parts:
+            worker_ceiling(backend, results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""Lateness: J schedules `every 1s` (no-op python jobs) for D seconds, on time or not.
+
+    .venv/bin/python bench/bench_lateness.py [--jobs 1000] [--duration 60] [--backend sqlite]
+                                             [--schedulers 1]
+
+Every job gets the same `start_at` (a whole second), so all J are due at the same instant
+every second - the worst case, as in the peer harness's APScheduler runs. The service runs
+in-process (the real `Runtime`, scheduler + worker roles, default settings); with
+`--schedulers K` (PostgreSQL), K-1 more `nightshift scheduler` processes share the database.
+
+The window is the D seconds of scheduled fires starting at the first whole second at least 2 s
+after the runtime started (warm-up fires before it are ignored). After the window the runtime
+keeps going until every run of the window has finished (at most 15 s), then stops. From the
+database:
+- start lateness = started_at - scheduled_for (runs that started);
+- fire lateness = created_at - scheduled_for (the run row's created_at is the `now` of the
+  scheduler tick that inserted it: it shows how late the tick began, not when its transaction
+  committed);
+- missed = expected (job, slot) pairs with no started run; of those, `skipped` were recorded
+  as skipped by the overlap policy (a fire while the previous run still waited) and
+  `not_started` had a run that never started before the stop;
+- duplicates = (job, slot) pairs with more than one run.
+`Scheduler.tick` is timed by a wrapper: ticks, fires per tick, ms per tick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import subprocess
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bench_throughput import NOOP, CallStats
+from benchlib import (
+    NIGHTSHIFT,
+    Results,
+    TempDatabase,
+    add_common_args,
+    backends,
+    bench_env,
+    load1,
+    quiet_logging,
+    spread_ms,
+    stop_process,
+    working_directory,
+)
+from sqlalchemy import text
+
+GRACE_S = 15.0
+
+
+def whole_second_after(moment: datetime) -> datetime:
+    return datetime.fromtimestamp(math.ceil(moment.timestamp()), UTC)
+
+
+def run(backend: str, jobs: int, duration: int, schedulers: int, results: Results) -> None:
+    from nightshift.config import Settings
+    from nightshift.runtime import Runtime
+
+    with TempDatabase(backend) as db, working_directory(db.workdir):
+        settings = Settings(database_url=db.url)
+        runtime = Runtime(settings, roles=("scheduler", "worker"))
+        # Creation takes ~2-6 ms per job here; start the timers after it with a margin.
+        start_at = whole_second_after(datetime.now(UTC) + timedelta(seconds=2 + jobs * 0.008))
+        t_create = time.perf_counter()
+        ids = [
+            runtime.service.create_job(
+                {
+                    "name": f"lat-{i}",
+                    "kind": "python",
+                    "config": NOOP,
+                    "schedule": "every 1s",
+                    "start_at": start_at.isoformat(),
+                }
+            ).id
+            for i in range(jobs)
+        ]
+        create_s = time.perf_counter() - t_create
+        extra: list[subprocess.Popen[bytes]] = []
+        for k in range(schedulers - 1):
+            log = open(db.workdir / f"scheduler{k}.log", "wb")  # noqa: SIM115 - child keeps it
+            extra.append(
+                subprocess.Popen(
+                    [NIGHTSHIFT, "scheduler"],
+                    cwd=db.workdir,
+                    env=bench_env(db.url),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+            log.close()
+        ticks = runtime.scheduler.tick = CallStats(runtime.scheduler.tick, size=lambda n: n)  # type: ignore[method-assign]
+        window: dict[str, datetime] = {}
+        load_before = load1()
+
+        async def serve() -> None:
+            serving = asyncio.create_task(runtime.serve())
+            w0 = whole_second_after(max(start_at, datetime.now(UTC) + timedelta(seconds=2)))
+            w1 = w0 + timedelta(seconds=duration)
+            window.update(start=w0, end=w1)
+            print(f"  window {w0:%H:%M:%S} .. {w1:%H:%M:%S} UTC", flush=True)
+            await asyncio.sleep((w1 - datetime.now(UTC)).total_seconds())
+            deadline = time.monotonic() + GRACE_S
+            while time.monotonic() < deadline:
+                if await asyncio.to_thread(unfinished, runtime.store.engine, w1) == 0:
+                    break
+                await asyncio.sleep(0.25)
+            runtime.request_stop()
+            await serving
+
+        try:
+            asyncio.run(serve())
+        finally:
+            for proc in extra:
+                stop_process(proc)
+        figures, context = analyse(db.url, ids, window["start"], window["end"], jobs, duration)
+        tick_summary = ticks.summary()
+        tick_summary["fires_per_tick"] = tick_summary.pop("per_call", None)
+        results.add(
+            "lateness",
+            backend,
+            figures,
+            jobs=jobs,
+            duration_s=duration,
+            schedulers=schedulers,
+            create_s=round(create_s, 2),
+            load1_before=load_before,
+            ticks=tick_summary,
+            **context,
+        )
+
+
+def unfinished(engine: Any, end: datetime) -> int:
+    """Runs scheduled before `end` still pending or running."""
+    with engine.connect() as conn:
+        return conn.execute(
+            text(
+                "SELECT count(*) FROM runs WHERE status IN ('pending', 'running')"
+                " AND scheduled_for < :end"
+            ),
+            {"end": _bind(engine, end)},
+        ).scalar_one()
+
+
+def _bind(engine: Any, moment: datetime) -> Any:
+    if engine.dialect.name == "sqlite":  # integer microseconds, as the store's column adapter
+        return int(moment.timestamp() * 1_000_000)
+    return moment
+
+
+def analyse(
+    url: str, ids: list[int], w0: datetime, w1: datetime, jobs: int, duration: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    from nightshift.store import open_store
+
+    store = open_store(url, migrate=False)
+    try:
+        rows = []
+        before_id = None
+        while True:  # every run, newest first, through the store's own listing
+            page = store.list_runs(before_id=before_id, limit=5000, system=None)
+            if not page:
+                break
+            rows.extend(page)
+            before_id = page[-1].id
+    finally:
+        store.close()
+    mine = set(ids)
+    in_window = [
+        r for r in rows if r.job_id in mine and r.scheduled_for and w0 <= r.scheduled_for < w1
+    ]
+    runs = [r for r in in_window if r.status != "skipped"]
+    started = [r for r in runs if r.started_at is not None]
+    per_slot = Counter((r.job_id, r.scheduled_for) for r in runs)
+    started_slots = {(r.job_id, r.scheduled_for) for r in started}
+    expected = jobs * duration
+    skipped = sum(_skips_in_window(r, w1) for r in in_window if r.status == "skipped")
+    start_late = [(r.started_at - r.scheduled_for).total_seconds() for r in started]
+    fire_late = [(r.created_at - r.scheduled_for).total_seconds() for r in runs]
+    start_spread = spread_ms(start_late)
+    fire_spread = spread_ms(fire_late)
+    figures = {
+        "start_p50_ms": start_spread["p50_ms"],
+        "start_p99_ms": start_spread["p99_ms"],
+        "start_max_ms": start_spread["max_ms"],
+        "fire_p50_ms": fire_spread["p50_ms"],
+        "fire_p99_ms": fire_spread["p99_ms"],
+        "fire_max_ms": fire_spread["max_ms"],
+        "expected": expected,
+        "started": len(started_slots),
+        "missed": expected - len(started_slots),
+        "skipped": skipped,
+        "not_started": len({(r.job_id, r.scheduled_for) for r in runs} - started_slots),
+        "duplicates": sum(c - 1 for c in per_slot.values() if c > 1),
+    }
+    return figures, {"window": [w0.isoformat(), w1.isoformat()]}
+
+
+def _skips_in_window(record: Any, w1: datetime) -> int:
+    """Fires of one skipped record (it grows while consecutive fires are skipped) that fall
+    before the window's end; fires are 1 s apart here."""
+    last = record.last_scheduled_for or record.scheduled_for
+    if last < w1:
+        return record.skip_count
+    return min(record.skip_count, math.ceil((w1 - record.scheduled_for).total_seconds()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_args(parser)
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--duration", type=int, default=60)
+    parser.add_argument(
+        "--schedulers", type=int, default=1, help="PostgreSQL: scheduler processes in all"
+    )
+    args = parser.parse_args()
+    quiet_logging()
+    results = Results(args.json)
+    for backend in backends(args):
+        k = args.schedulers if backend == "postgresql" else 1
+        print(f"lateness {backend}: {args.jobs} x every 1s for {args.duration} s, {k} scheduler(s)")
+        run(backend, args.jobs, args.duration, k, results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,408 @@
+"""Scale: many schedules and many run records.
+
+    .venv/bin/python bench/bench_scale.py [--schedules 100000] [--runs 1000000]
+                                          [--create-budget 900] [--backend sqlite]
+
+1. Create S schedules (`every 1h`, no-op python jobs, first fires spread over an hour starting
+   a day from now, so none is due) through `Service.create_job`, one call each: the service has
+   no bulk create. When `--create-budget` seconds run out first, the rate so far is
+   extrapolated to S and the rest are inserted by the bench itself (executemany of the
+   store's own row encoding) so that the later steps still see S schedules; the row says so.
+2. RSS: this process (service + store in-process, after creating) and a `nightshift up`
+   started on the database (its main process, and with its python worker processes), 3 s after
+   its health check answers.
+3. The scheduler's wake-up with S idle schedules: `store.next_fire_due()` and an idle
+   `Scheduler.tick(now)`, then with 10 more schedules (`every 1s`, overlap allow) due at each
+   tick: `Scheduler.tick` at ten consecutive fire times (the ticks are given their `now`). The
+   same on a database holding only those 10 schedules, as the baseline.
+4. R run records inserted directly (SQLite: executemany in one transaction; PostgreSQL: COPY,
+   then ANALYZE as autovacuum would), created over the last 24 h, 93 % succeeded, 5 % failed,
+   2 % skipped, then the latency of `store.list_runs(limit=50)` (plus filtered and deep-page
+   variants), `store.get_run(id)` at random ids, `store.count_runs()`, and a statistics query
+   written here (the stats API does not exist yet): runs created, succeeded, failed and the
+   average waiting, grouped by minute over the last day.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bench_throughput import NOOP
+from benchlib import (
+    NIGHTSHIFT,
+    Results,
+    TempDatabase,
+    add_common_args,
+    backends,
+    bench_env,
+    free_port,
+    load1,
+    quiet_logging,
+    rss_mb,
+    stop_process,
+    timed,
+    tree_rss_mb,
+    working_directory,
+)
+from sqlalchemy import insert, text
+
+
+def schedule_spec(i: int, base: datetime) -> dict[str, Any]:
+    return {
+        "name": f"s-{i}",
+        "kind": "python",
+        "config": NOOP,
+        "schedule": "every 1h",
+        "start_at": (base + timedelta(seconds=i % 3600)).isoformat(),
+    }
+
+
+def create_schedules(service: Any, store: Any, count: int, budget_s: float) -> dict[str, Any]:
+    from nightshift.store.sql.codec import job_values
+    from nightshift.store.tables import jobs
+    from nightshift.timing import fire_after
+
+    base = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    t0 = time.perf_counter()
+    created = 0
+    last = None
+    while created < count and time.perf_counter() - t0 < budget_s:
+        last = service.create_job(schedule_spec(created, base))
+        created += 1
+    service_s = time.perf_counter() - t0
+    out: dict[str, Any] = {
+        "created_via_service": created,
+        "service_s": round(service_s, 2),
+        "service_per_s": round(created / service_s, 1),
+        "create_all_s": round(service_s * count / created, 1),
+        "extrapolated": created < count,
+    }
+    if created < count:
+        assert last is not None
+        now = datetime.now(UTC)
+        t1 = time.perf_counter()
+        rows = []
+        for i in range(created, count):
+            start = base + timedelta(seconds=i % 3600)
+            job = dataclasses.replace(
+                last, id=0, name=f"s-{i}", start_at=start, anchor_at=start, created_at=now
+            )
+            job.next_fire_at = fire_after(job, now)
+            rows.append(job_values(job))
+        with store.engine.begin() as conn:
+            for k in range(0, len(rows), 5000):
+                conn.execute(insert(jobs), rows[k : k + 5000])
+        out["bulk_filled"] = count - created
+        out["bulk_fill_s"] = round(time.perf_counter() - t1, 2)
+    return out
+
+
+def service_rss(db: TempDatabase) -> dict[str, Any]:
+    """RSS of a `nightshift up` on the database, 3 s after it answers its health check."""
+    import httpx
+
+    port = free_port()
+    log = open(db.workdir / "service.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [NIGHTSHIFT, "up"],
+        cwd=db.workdir,
+        env=bench_env(db.url, NIGHTSHIFT_PORT=str(port)),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        t0 = time.perf_counter()
+        ready = None
+        while time.perf_counter() - t0 < 120 and proc.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=1).is_success:
+                    ready = time.perf_counter() - t0
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        time.sleep(3)
+        return {
+            "service_ready_s": round(ready, 2) if ready else None,
+            "service_rss_mb": rss_mb(proc.pid) if proc.poll() is None else None,
+            "service_tree_rss_mb": tree_rss_mb(proc.pid) if proc.poll() is None else None,
+        }
+    finally:
+        stop_process(proc)
+        log.close()
+
+
+def wakeup(service: Any, store: Any, settings: Any, due: int = 10) -> dict[str, Any]:
+    """next_fire_due and idle / busy Scheduler.tick, with `due` schedules due per tick."""
+    from nightshift.clock import SystemClock
+    from nightshift.scheduler import Scheduler
+
+    scheduler = Scheduler(store, SystemClock(), settings)
+    first = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    for i in range(due):
+        service.create_job(
+            {
+                "name": f"due-{i}",
+                "kind": "python",
+                "config": NOOP,
+                "schedule": "every 1s",
+                "overlap": "allow",
+                "start_at": first.isoformat(),
+            }
+        )
+    next_due = timed(store.next_fire_due, reps=50)
+    idle = timed(lambda: scheduler.tick(first - timedelta(seconds=0.5)), reps=20)
+    busy_ms, handled = [], []
+    for k in range(10):
+        t0 = time.perf_counter()
+        handled.append(scheduler.tick(first + timedelta(seconds=k + 0.5)))
+        busy_ms.append((time.perf_counter() - t0) * 1000)
+    return {
+        "next_fire_due_ms": next_due["median_ms"],
+        "next_fire_due_p95_ms": next_due["p95_ms"],
+        "idle_tick_ms": idle["median_ms"],
+        "idle_tick_p95_ms": idle["p95_ms"],
+        "due_tick_ms": round(sorted(busy_ms)[len(busy_ms) // 2], 2),
+        "due_tick_max_ms": round(max(busy_ms), 2),
+        "due_handled": sorted(set(handled)),
+    }
+
+
+RUN_COLUMNS = (
+    "job_id, app, kind, status, created_at, run_at, started_at, finished_at, attempt,"
+    " low_priority, rank, descendants, params, skip_count, exclusive, is_test,"
+    " kill_requested, lost_streak, children_total, children_finished, children_failed, error"
+)
+
+
+def insert_runs(store: Any, count: int, job_ids: list[int], backend: str) -> float:
+    """`count` finished runs created over the last 24 h, oldest first, straight into the table."""
+    rng = random.Random(6)
+    end = datetime.now(UTC)
+    start = end - timedelta(days=1)
+    span_us = int((end - start).total_seconds() * 1_000_000)
+    start_us = int(start.timestamp() * 1_000_000)
+    created = sorted(start_us + rng.randrange(span_us) for _ in range(count))
+    error = json.dumps({"type": "RuntimeError", "message": "boom", "traceback": None})
+    t0 = time.perf_counter()
+    rows = []
+    for c in created:
+        roll = rng.random()
+        status = "succeeded" if roll < 0.93 else "failed" if roll < 0.98 else "skipped"
+        wait = min(int(rng.expovariate(1 / 50_000)), 5_000_000)
+        began = None if status == "skipped" else c + wait
+        ended = c if began is None else began + rng.randrange(10_000, 1_000_000)
+        rows.append(
+            (
+                rng.choice(job_ids),
+                "default",
+                "python",
+                status,
+                c,
+                c,
+                began,
+                ended,
+                1,
+                False,
+                0,
+                0,
+                "{}",
+                1 if status == "skipped" else 0,
+                False,
+                False,
+                False,
+                0,
+                0,
+                0,
+                0,
+                error if status == "failed" else None,
+            )
+        )
+    raw = store.engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        if backend == "sqlite":
+            marks = ", ".join("?" * 22)
+            cur.execute("BEGIN")
+            cur.executemany(f"INSERT INTO runs ({RUN_COLUMNS}) VALUES ({marks})", rows)
+            cur.execute("COMMIT")
+        else:
+            as_dt = _micros_to_datetime
+            with cur.copy(f"COPY runs ({RUN_COLUMNS}) FROM STDIN") as copy:
+                for r in rows:
+                    copy.write_row(
+                        (*r[:4], as_dt(r[4]), as_dt(r[5]), as_dt(r[6]), as_dt(r[7]), *r[8:])
+                    )
+            raw.commit()
+            cur.execute("ANALYZE runs")
+            raw.commit()
+    finally:
+        raw.close()
+    return time.perf_counter() - t0
+
+
+def _micros_to_datetime(value: int | None) -> datetime | None:
+    if value is None:
+        return None
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=value)
+
+
+STATS_SQL = {
+    "sqlite": (
+        "SELECT created_at / 60000000 AS minute, count(*) AS created,"
+        " sum(status = 'succeeded') AS succeeded, sum(status = 'failed') AS failed,"
+        " avg(started_at - created_at) / 1e6 AS avg_wait_s,"
+        " min(started_at - created_at) / 1e6 AS min_wait_s,"
+        " max(started_at - created_at) / 1e6 AS max_wait_s"
+        " FROM runs WHERE created_at >= :since AND created_at < :until"
+        " GROUP BY minute ORDER BY minute"
+    ),
+    "postgresql": (
+        "SELECT date_trunc('minute', created_at) AS minute, count(*) AS created,"
+        " count(*) FILTER (WHERE status = 'succeeded') AS succeeded,"
+        " count(*) FILTER (WHERE status = 'failed') AS failed,"
+        " avg(extract(epoch FROM started_at - created_at)) AS avg_wait_s,"
+        " min(extract(epoch FROM started_at - created_at)) AS min_wait_s,"
+        " max(extract(epoch FROM started_at - created_at)) AS max_wait_s"
+        " FROM runs WHERE created_at >= :since AND created_at < :until"
+        " GROUP BY 1 ORDER BY 1"
+    ),
+}
+
+
+def reads(store: Any, backend: str, job_ids: list[int]) -> dict[str, Any]:
+    rng = random.Random(7)
+    with store.engine.connect() as conn:
+        lo, hi = conn.execute(text("SELECT min(id), max(id) FROM runs")).one()
+    until = datetime.now(UTC)
+    since = until - timedelta(days=1)
+    if backend == "sqlite":
+        bounds = {"since": int(since.timestamp() * 1e6), "until": int(until.timestamp() * 1e6)}
+    else:
+        bounds = {"since": since, "until": until}
+
+    def stats() -> int:
+        with store.engine.connect() as conn:
+            return len(conn.execute(text(STATS_SQL[backend]), bounds).all())
+
+    job = job_ids[len(job_ids) // 2]
+    figures = {
+        "list_ms": timed(lambda: store.list_runs(limit=50), reps=20),
+        "list_failed_ms": timed(lambda: store.list_runs(limit=50, status=["failed"]), reps=20),
+        "list_job_ms": timed(lambda: store.list_runs(limit=50, job_id=job), reps=20),
+        "list_deep_page_ms": timed(
+            lambda: store.list_runs(limit=50, before_id=(lo + hi) // 2), reps=20
+        ),
+        "get_run_ms": timed(lambda: store.get_run(rng.randint(lo, hi)), reps=50),
+        "count_runs_ms": timed(store.count_runs, reps=5),
+        "stats_minute_day_ms": timed(stats, reps=5),
+    }
+    return {"buckets": stats(), **figures}
+
+
+def run(
+    backend: str, schedules: int, runs: int, budget_s: float, due: int, results: Results
+) -> None:
+    from nightshift.clock import SystemClock
+    from nightshift.config import Settings
+    from nightshift.service import Service
+    from nightshift.store import open_store
+    from nightshift.worker.kinds.registry import build_executors
+
+    load_before = load1()
+    with TempDatabase(backend) as base_db, working_directory(base_db.workdir):
+        settings = Settings(database_url=base_db.url)
+        store = open_store(base_db.url)
+        service = Service(store, SystemClock(), settings, build_executors(settings))
+        baseline = wakeup(service, store, settings, due)
+        store.close()
+    with TempDatabase(backend) as db, working_directory(db.workdir):
+        settings = Settings(database_url=db.url)
+        store = open_store(db.url)
+        service = Service(store, SystemClock(), settings, build_executors(settings))
+        rss_start = rss_mb()
+        creation = create_schedules(service, store, schedules, budget_s)
+        rss_after = rss_mb()
+        print(f"  schedules: {creation}", flush=True)
+        figures: dict[str, Any] = {
+            "schedules": schedules,
+            "create_all_s": creation["create_all_s"],
+            "create_per_s": creation["service_per_s"],
+            "bench_rss_mb": rss_after,
+        }
+        figures.update(service_rss(db))
+        print(f"  rss: {figures}", flush=True)
+        wake = wakeup(service, store, settings, due)
+        figures.update(wake)
+        figures.update({f"baseline_{k}": v for k, v in baseline.items() if k != "due_handled"})
+        results.add(
+            "scale-schedules",
+            backend,
+            figures,
+            load1_before=load_before,
+            creation=creation,
+            bench_rss_before_mb=rss_start,
+            notes=(
+                "Service.create_job one call each (no bulk create path)"
+                + (
+                    f"; budget ran out after {creation['created_via_service']}: "
+                    "create_all_s extrapolated, the rest bulk-inserted"
+                    if creation["extrapolated"]
+                    else ""
+                )
+            ),
+        )
+        job_ids = [j.id for j in store.list_jobs(limit=1000)]
+        load_before = load1()
+        insert_s = insert_runs(store, runs, job_ids, backend)
+        print(f"  inserted {runs} runs in {insert_s:.1f} s", flush=True)
+        read_figures = reads(store, backend, job_ids)
+        flat: dict[str, Any] = {"runs": runs}
+        for key, value in read_figures.items():
+            if isinstance(value, dict):
+                flat[key.removesuffix("_ms") + "_ms"] = value["median_ms"]
+                flat[key.removesuffix("_ms") + "_p95_ms"] = value["p95_ms"]
+            else:
+                flat[key] = value
+        results.add(
+            "scale-runs",
+            backend,
+            flat,
+            load1_before=load_before,
+            insert_s=round(insert_s, 1),
+            db_size_mb=db.size_mb(),
+            reads=read_figures,
+            notes="runs inserted directly (not through the API); stats query written in the "
+            "bench (no stats API yet)"
+            + ("; SQLite not ANALYZEd (the service never does)" if backend == "sqlite" else ""),
+        )
+        store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_args(parser)
+    parser.add_argument("--schedules", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=1_000_000)
+    parser.add_argument("--due", type=int, default=10)
+    parser.add_argument(
+        "--create-budget", type=float, default=900.0, help="seconds of Service.create_job"
+    )
+    args = parser.parse_args()
+    quiet_logging()
+    results = Results(args.json)
+    for backend in backends(args):
+        print(f"scale {backend}: {args.schedules} schedules, {args.runs} runs", flush=True)
+        run(backend, args.schedules, args.runs, args.create_budget, args.due, results)
+
+
+if __name__ == "__main__":
+    main()
