@@ -66,7 +66,8 @@ def test_a_new_root_starts_after_at_most_a_few_children_of_a_big_one(serve) -> N
         f"\n[{store.dialect}] {CHILDREN} children inserted in {inserted_s:.2f} s; "
         f"{before} had started when the other run was enqueued; {overtook} started after it "
         f"was enqueued and before it started ({after_commit} after it was committed, "
-        f"{alongside} in the same claim); it waited {done['waiting_s']:.3f} s; {waiting} children still pending when it finished"
+        f"{alongside} in the same claim); it waited {done['waiting_s']:.3f} s; "
+        f"{waiting} children still pending when it finished"
     )
     assert after_commit == 0, "a claim that could see the new root chose the big root's children"
     assert waiting > CHILDREN - 1000
