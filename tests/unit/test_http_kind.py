@@ -46,6 +46,7 @@ def make_app(rec: Recorder) -> Starlette:
             "query_multi": request.query_params.multi_items(),
             "headers": dict(request.headers),
             "body": (await request.body()).decode(),
+            "client_port": request.client.port if request.client else None,
         }
         rec.requests.append(entry)
         return entry
@@ -549,3 +550,22 @@ async def test_two_hundred_slow_requests_wait_concurrently(executor, srv) -> Non
     elapsed = time.monotonic() - started
     assert [o.status for o in outcomes] == ["succeeded"] * 200
     assert elapsed < 5, f"200 requests of 0.5 s took {elapsed:.1f} s"
+
+
+async def test_kept_alive_connections_take_the_next_requests_one_each(executor, srv, rec) -> None:
+    """Three waves of 100 requests, 100 at a time, as the worker sends them: each request that
+    ends leaves its connection to exactly one waiting request. httpcore 1.0.9 gave a freed
+    connection to every request that came in before the first started on it, so requests
+    queued behind one another and the waves after the first crawled (issue #6)."""
+    config = {"url": srv.url("/slow?s=0.5")}
+    slots = asyncio.Semaphore(100)
+
+    async def one(run_id: int) -> str:
+        async with slots:
+            return (await executor.execute(task(config, run_id=run_id), MemoryIO())).status
+
+    statuses = await asyncio.gather(*(one(i) for i in range(300)))
+    assert statuses == ["succeeded"] * 300
+    ports = [r["client_port"] for r in rec.find("/slow")]
+    assert len(ports) == 300
+    assert len(set(ports)) == 100, "requests after the first wave opened new connections"

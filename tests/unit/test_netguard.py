@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import shutil
 import socket
 import ssl
@@ -11,9 +12,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpcore
 import httpx
 import pytest
 import uvicorn
+from httpcore._async.connection_pool import AsyncPoolRequest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -26,6 +29,7 @@ from nightshift.worker.kinds.http import HttpExecutor
 from nightshift.worker.netguard import (
     AddressPolicy,
     BlockedAddress,
+    ConnectionPool,
     GuardedBackend,
     check_host_now,
     classify,
@@ -360,3 +364,119 @@ def test_allow_private_opens_laptop_addresses_but_never_cloud_metadata() -> None
     AddressPolicy(allow_private=True, allow_hosts=["169.254.169.254/32"]).check(
         "evil.example", ["169.254.169.254"]
     )
+
+
+# --- the connection pool's assignment pass -------------------------------------------------
+# httpcore 1.0.9 handed one idle connection to every request that came in before the first of
+# them started on it; all but one failed with ConnectionNotAvailable and went round again,
+# each running a pass that cost O(connections²). A thousand http jobs crawled (issue #6).
+
+
+class FakeConnection:
+    """A pooled connection in a given state, as the pool's pass sees it."""
+
+    def __init__(self, url: str = "http://a.test/", state: str = "idle", expired: bool = False):
+        self.origin = httpcore.URL(url).origin
+        self.state, self.expired = state, expired
+
+    def can_handle_request(self, origin: httpcore.Origin) -> bool:
+        return origin == self.origin
+
+    def is_available(self) -> bool:
+        return self.state == "idle"
+
+    def is_idle(self) -> bool:
+        return self.state == "idle"
+
+    def is_closed(self) -> bool:
+        return self.state == "closed"
+
+    def has_expired(self) -> bool:
+        return self.expired
+
+
+def make_pool(*connections: FakeConnection, max_connections: int = 10, keepalive: int = 10):
+    pool = ConnectionPool(max_connections=max_connections, max_keepalive_connections=keepalive)
+    pool._connections = list(connections)
+    return pool
+
+
+def waiting(pool: ConnectionPool, url: str = "http://a.test/") -> AsyncPoolRequest:
+    request = AsyncPoolRequest(httpcore.Request("GET", url))
+    pool._requests.append(request)
+    return request
+
+
+def test_the_pass_replaced_is_the_one_httpcore_runs() -> None:
+    source = inspect.getsource(httpcore.AsyncConnectionPool.handle_async_request)
+    assert "self._assign_requests_to_connections()" in source
+    transport = guarded_transport(AddressPolicy())
+    assert type(transport._pool) is ConnectionPool
+
+
+def test_an_idle_connection_goes_to_one_waiting_request() -> None:
+    idle = FakeConnection()
+    pool = make_pool(idle)
+    first, second, third = waiting(pool), waiting(pool), waiting(pool)
+    assert pool._assign_requests_to_connections() == []
+    assert first.connection is idle
+    assert second.connection is not idle and third.connection is not idle
+    assert second.connection is not third.connection
+    assert len(pool._connections) == 3
+
+
+def test_a_connection_held_by_a_request_not_started_on_it_is_not_given_again() -> None:
+    idle, busy = FakeConnection(), FakeConnection(state="active")
+    pool = make_pool(idle, busy, max_connections=2)
+    first = waiting(pool)
+    pool._assign_requests_to_connections()
+    assert first.connection is idle  # still IDLE: `first` has not started on it yet
+    second = waiting(pool)
+    assert pool._assign_requests_to_connections() == []  # not closed to make room either
+    assert second.is_queued()
+    assert pool._connections == [idle, busy]
+
+
+def test_the_keepalive_limit_counts_idle_connections_only() -> None:
+    busy = [FakeConnection(state="active") for _ in range(3)]
+    idle = [FakeConnection() for _ in range(3)]
+    pool = make_pool(*busy, *idle[:2], keepalive=2)
+    assert pool._assign_requests_to_connections() == []
+    assert pool._connections == [*busy, *idle[:2]]
+    pool = make_pool(*busy, *idle, keepalive=2)
+    assert pool._assign_requests_to_connections() == [idle[0]]  # the oldest idle one goes
+    assert pool._connections == [*busy, *idle[1:]]
+
+
+def test_at_max_connections_an_idle_connection_elsewhere_makes_room() -> None:
+    other, busy = FakeConnection("http://b.test/"), FakeConnection(state="active")
+    pool = make_pool(other, busy, max_connections=2)
+    request = waiting(pool, "http://a.test/")
+    assert pool._assign_requests_to_connections() == [other]
+    assert request.connection is not None and request.connection not in (other, busy)
+    assert request.connection.can_handle_request(httpcore.URL("http://a.test/").origin)
+    assert pool._connections == [busy, request.connection]
+
+
+def test_closed_and_expired_connections_leave_the_pool() -> None:
+    closed, expired = FakeConnection(state="closed"), FakeConnection(expired=True)
+    fresh = FakeConnection()
+    pool = make_pool(closed, expired, fresh)
+    request = waiting(pool)
+    assert pool._assign_requests_to_connections() == [expired]
+    assert request.connection is fresh
+    assert pool._connections == [fresh]
+
+
+def test_between_sweeps_a_connection_is_checked_before_it_is_given_out() -> None:
+    dropped, fresh, later = FakeConnection(expired=True), FakeConnection(), FakeConnection()
+    pool = make_pool(dropped, fresh, later)
+    pool._swept_at = time.monotonic()  # swept just now: the next sweep is SWEEP_S away
+    request = waiting(pool)
+    assert pool._assign_requests_to_connections() == [dropped]
+    assert request.connection is fresh
+    later.expired = True  # not given out: it waits for the next sweep
+    assert pool._assign_requests_to_connections() == []
+    assert pool._connections == [fresh, later]
+    pool._swept_at -= pool.SWEEP_S
+    assert pool._assign_requests_to_connections() == [later]

@@ -6,6 +6,9 @@ checks every address, then connects to one of the addresses it checked — never
 DNS answer that changes between the check and the connection (a rebind) cannot reach a blocked
 address. TLS is unaffected: httpcore calls `start_tls(server_hostname=<origin host>)` (see
 `httpcore/_async/connection.py`, `_connect`), so SNI and certificate checks use the URL's name.
+
+The transport's connection pool is httpcore's with its request-to-connection assignment replaced
+(`ConnectionPool`): httpcore 1.0.9's own stalls requests that reuse kept-alive connections.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import concurrent.futures
 import ipaddress
 import socket
 import ssl
+import time
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -327,6 +331,106 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._backend.sleep(seconds)
 
 
+class ConnectionPool(httpcore.AsyncConnectionPool):
+    """httpcore's connection pool with a linear assignment pass that gives an idle connection
+    to one waiting request only. HTTP/1.1 only (`guarded_transport` never enables HTTP/2).
+
+    httpcore runs `_assign_requests_to_connections` each time a request enters the pool and
+    each time a response is closed. In httpcore 1.0.9 (see encode/httpcore#1035, #1110) that
+    pass has two faults. Together they stalled reused keep-alive connections: 300 requests of
+    1 s, 100 at a time, took 10-15 s instead of 3 s.
+    - Deciding whether an idle connection is beyond the keep-alive limit scans every connection
+      once per idle connection. With 100 idle connections one pass costs about 4 ms, and the
+      event loop is blocked during it. (The scan also counts busy connections as idle.)
+    - Assigning a request leaves its connection IDLE until that request's task runs. The next
+      pass gives the same connection to the next request, so several requests are sent to one
+      connection. All but one fail with ConnectionNotAvailable, go round again, and each goes
+      round by running another pass.
+
+    Here a pass is O(requests + connections). A connection assigned to a request that has not
+    yet started on it is "held": it is not given to another request, and not closed to make
+    room. The keep-alive limit counts idle connections that are not held.
+
+    `has_expired()` on an idle connection asks the socket whether the server closed it (some
+    10 us each, through anyio). Run on every idle connection at every pass, as httpcore does,
+    it took over half of the client's CPU time. So a connection is checked just before it is
+    given out, which is what keeps a request off a connection the server dropped; the pool is
+    swept for expired connections to close at most once every SWEEP_S.
+    """
+
+    SWEEP_S = 1.0
+    _swept_at = float("-inf")
+
+    def _assign_requests_to_connections(self) -> list[httpcore.AsyncConnectionInterface]:
+        if self._http2:  # an HTTP/2 connection takes many requests: httpcore's own pass
+            return super()._assign_requests_to_connections()
+        closing: list[httpcore.AsyncConnectionInterface] = []
+        held = {r.connection for r in self._requests if r.connection is not None}
+        now = time.monotonic()
+        sweep = now - self._swept_at >= self.SWEEP_S
+        if sweep:
+            self._swept_at = now
+        kept: list[httpcore.AsyncConnectionInterface] = []
+        idle: list[httpcore.AsyncConnectionInterface] = []  # idle and not held, oldest first
+        for connection in self._connections:
+            if connection.is_closed():
+                continue
+            if sweep and connection.has_expired():
+                # Closed as httpcore does, even when held: a held request has not started
+                # (its connection would not be IDLE), so it gets ConnectionNotAvailable and
+                # another connection.
+                closing.append(connection)
+                continue
+            kept.append(connection)
+            if connection not in held and connection.is_idle():
+                idle.append(connection)
+        surplus = len(idle) - self._max_keepalive_connections
+        if surplus > 0:
+            dropped = set(idle[:surplus])
+            closing.extend(idle[:surplus])
+            kept = [connection for connection in kept if connection not in dropped]
+            idle = idle[surplus:]
+        self._connections = kept
+
+        taken: set[httpcore.AsyncConnectionInterface] = set()  # given out or closed in this pass
+        # Idle connections to each origin (Origin is not hashable: keyed by its parts).
+        ready: dict[tuple[bytes, bytes, int], list[httpcore.AsyncConnectionInterface]] = {}
+        spare = iter(idle)  # idle connections to close for room, when at max_connections
+        for request in self._requests:
+            if not request.is_queued():
+                continue
+            origin = request.request.url.origin
+            key = (origin.scheme, origin.host, origin.port)
+            if key not in ready:
+                ready[key] = [
+                    c for c in reversed(idle) if c.can_handle_request(origin) and c.is_available()
+                ]  # reversed: pop() gives the oldest
+            candidates = ready[key]
+            connection = None
+            while candidates and connection is None:
+                connection = candidates.pop()
+                if connection in taken:
+                    connection = None
+                elif not sweep and connection.has_expired():
+                    taken.add(connection)
+                    self._connections.remove(connection)
+                    closing.append(connection)
+                    connection = None
+            if connection is None:
+                if len(self._connections) >= self._max_connections:
+                    victim = next((c for c in spare if c not in taken), None)
+                    if victim is None:
+                        break  # nothing free, nothing to close: no request can be assigned
+                    taken.add(victim)
+                    self._connections.remove(victim)
+                    closing.append(victim)
+                connection = self.create_connection(origin)
+                self._connections.append(connection)
+            taken.add(connection)
+            request.assign_to_connection(connection)
+        return closing
+
+
 def guarded_transport(
     policy: AddressPolicy,
     *,
@@ -340,14 +444,14 @@ def guarded_transport(
     `AsyncBaseTransport` would mean copying its request/response and exception mapping, so we
     build the ordinary transport and replace its connection pool (`_pool`, created in its
     constructor without any I/O) with one built from the same settings plus our backend.
-    No proxy is configured, so the pool is a plain AsyncConnectionPool connecting to origins.
+    No proxy is configured, so the pool is a plain `ConnectionPool` connecting to origins.
     """
     limits = limits or httpx.Limits()
     ssl_context = ssl_context or httpx.create_ssl_context()
     transport = httpx.AsyncHTTPTransport(verify=ssl_context, limits=limits)
     if not isinstance(getattr(transport, "_pool", None), httpcore.AsyncConnectionPool):
         raise RuntimeError("httpx.AsyncHTTPTransport changed: it has no _pool to guard")
-    transport._pool = httpcore.AsyncConnectionPool(
+    transport._pool = ConnectionPool(
         ssl_context=ssl_context,
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,

@@ -42,6 +42,7 @@ class HttpExecutor:
     """Sends http jobs' requests through one shared, address-guarded client."""
 
     kind = JobKind.HTTP
+    reports_start = False
 
     def __init__(
         self,
@@ -49,12 +50,14 @@ class HttpExecutor:
         max_body_bytes: int = 65536,
         max_connections: int = 1000,
         *,
+        keepalive: int = 100,  # idle connections kept open: the worker passes its concurrency
         resolver: Resolver | None = None,  # for tests: how names become addresses
         ssl_context: ssl.SSLContext | None = None,  # default: certifi's CA bundle
     ) -> None:
         self.policy = policy
         self.max_body_bytes = max_body_bytes
         self.max_connections = max_connections
+        self.keepalive = keepalive
         self._resolver = resolver
         self._ssl_context = ssl_context
         self._client: httpx.AsyncClient | None = None
@@ -73,7 +76,7 @@ class HttpExecutor:
             return
         limits = httpx.Limits(
             max_connections=self.max_connections,
-            max_keepalive_connections=min(100, self.max_connections),
+            max_keepalive_connections=min(self.keepalive, self.max_connections),
             keepalive_expiry=5.0,
         )
         transport = guarded_transport(

@@ -24,7 +24,11 @@ def build_executors(
     )
     return {
         **system_kind,
-        JobKind.HTTP: HttpExecutor(policy, max_body_bytes=settings.http_max_body_bytes),
+        JobKind.HTTP: HttpExecutor(
+            policy,
+            max_body_bytes=settings.http_max_body_bytes,
+            keepalive=settings.worker_concurrency,  # one kept-alive connection per slot
+        ),
         JobKind.PYTHON: PythonExecutor(
             processes=settings.worker_processes, imports=list(settings.imports)
         ),
