@@ -7,8 +7,10 @@
   10, 100, 500: claim+complete pairs per second, and the time split between the two. This is
   what the database layer allows at each batch size, with no worker around it.
 - pool: the python kind's `ProcessPool` alone (default size: max(2, cores)), running the
-  no-op job with as many tasks in flight as processes (and twice that): round trips per
-  second; and the same through `PythonExecutor.execute` (config validation included).
+  no-op job with 1, 2, 4 and 32 tasks in flight per process: round trips per second, with
+  and without pipelining (a queued task behind each busy process); and the same through
+  `PythonExecutor.execute` (config validation included). `--pool-repeat N` runs each N times
+  (the best, and every rate).
 - worker: the real `Worker` with a no-op in-process executor standing in for the python kind
   (no IPC), default settings (2 process slots) and 50 slots: drain rate of the worker loop and
   the store together.
@@ -108,22 +110,30 @@ def store_ceiling(backend: str, results: Results) -> None:
         )
 
 
-async def _pool_rate(size: int, inflight: int, count: int, through_executor: bool) -> float:
+#: Tasks in flight, per process: with 2 processes, 2, 4, 8 and 64 (the worker's claim-ahead
+#: makes the pool the queue of the claimed runs).
+POOL_INFLIGHT = (1, 2, 4, 32)
+
+
+async def _pool_rate(
+    size: int, inflight: int, count: int, through_executor: bool, pipeline: bool = True
+) -> float:
     from nightshift.domain.models import Job, JobKind
     from nightshift.worker.executor import MemoryIO, Task
     from nightshift.worker.kinds.python import PythonExecutor
     from nightshift.worker.pool import ProcessPool
 
-    executor = PythonExecutor(processes=size)
-    pool = ProcessPool(size)
-    await (executor.start() if through_executor else pool.start())
+    executor = PythonExecutor(processes=size) if through_executor else None
+    pool = ProcessPool(size, pipeline=pipeline)
+    await (executor.start() if executor is not None else pool.start())
     job = Job(id=1, app="default", name="noop", kind=JobKind.PYTHON, config=dict(NOOP))
     semaphore = asyncio.Semaphore(inflight)
 
     async def one(i: int) -> None:
         async with semaphore:
-            if through_executor:
-                outcome = await executor.execute(Task(i, job, {}), MemoryIO())
+            if executor is not None:
+                task = Task(i, job, {}, order=(False, 0, i))
+                outcome = await executor.execute(task, MemoryIO())
                 assert outcome.status == "succeeded", outcome
             else:
                 payload = {
@@ -135,8 +145,8 @@ async def _pool_rate(size: int, inflight: int, count: int, through_executor: boo
                     "attempt": 1,
                     "state": None,
                 }
-                outcome = await pool.run(payload, MemoryIO())
-                assert outcome["status"] == "succeeded", outcome
+                result = await pool.run(payload, MemoryIO(), order=(False, 0, i))
+                assert result["status"] == "succeeded", result
 
     try:
         await asyncio.gather(*(one(i) for i in range(50)))  # warm-up
@@ -144,24 +154,34 @@ async def _pool_rate(size: int, inflight: int, count: int, through_executor: boo
         await asyncio.gather(*(one(i) for i in range(count)))
         return count / (time.perf_counter() - t0)
     finally:
-        await (executor.close() if through_executor else pool.close())
+        await (executor.close() if executor is not None else pool.close())
 
 
-def pool_ceiling(results: Results) -> None:
+def pool_ceiling(results: Results, repeat: int = 1, count: int = 3000) -> None:
+    """Round trips per second; with `repeat` > 1 each row gives every run's rate (the box is
+    shared: the spread matters as much as the best)."""
     size = max(2, os.cpu_count() or 2)
-    for through in (False, True):
-        for inflight in (size, 2 * size):
-            rate = asyncio.run(_pool_rate(size, inflight, 3000, through))
-            results.add(
-                "component-pool",
-                "-",
-                {
-                    "processes": size,
-                    "in_flight": inflight,
-                    "path": "PythonExecutor.execute" if through else "ProcessPool.run",
-                    "round_trips_per_s": round(rate, 1),
-                },
-            )
+    paths = [
+        ("ProcessPool.run", False, True),
+        ("ProcessPool.run, no pipelining", False, False),
+        ("PythonExecutor.execute", True, True),
+    ]
+    for path, through, pipeline in paths:
+        for per_process in POOL_INFLIGHT:
+            inflight = per_process * size
+            rates = [
+                asyncio.run(_pool_rate(size, inflight, count, through, pipeline))
+                for _ in range(repeat)
+            ]
+            figures: dict[str, Any] = {
+                "processes": size,
+                "in_flight": inflight,
+                "path": path,
+                "round_trips_per_s": round(max(rates), 1),
+            }
+            if repeat > 1:
+                figures["runs"] = [round(rate) for rate in rates]
+            results.add("component-pool", "-", figures)
 
 
 class NullExecutor:
@@ -190,7 +210,7 @@ async def _drain(store: Any, settings: Any, count: int) -> tuple[float, Completi
 
     completions = Completions(store.complete, count, asyncio.get_running_loop())
     store.complete = completions
-    claims = store.claim = CallStats(store.claim)
+    claims = store.claim_slots = CallStats(store.claim_slots)
     worker = Worker(store, SystemClock(), settings, {JobKind.PYTHON: NullExecutor()})
     stop = asyncio.Event()
     t0 = time.perf_counter()
@@ -231,12 +251,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(parser)
     parser.add_argument("--part", default="store,pool,worker")
+    parser.add_argument("--pool-repeat", type=int, default=1)
     args = parser.parse_args()
     quiet_logging()
     results = Results(args.json)
     parts = set(args.part.split(","))
     if "pool" in parts:
-        pool_ceiling(results)
+        pool_ceiling(results, repeat=args.pool_repeat)
     for backend in backends(args):
         if "store" in parts:
             store_ceiling(backend, results)

@@ -557,3 +557,54 @@ async def test_execute_after_close_fails_cleanly() -> None:
     assert outcome.status == "failed"
     assert outcome.error is not None
     assert outcome.error["type"] == "ExecutorClosed"
+
+
+@module_loop
+async def test_invalid_config_fails_at_execute_without_starting(executor: PythonExecutor) -> None:
+    bad = Job(id=2, app="shop", name="bad", kind=JobKind.PYTHON, config={"function": "nope"})
+    io = MemoryIO()
+    for _ in range(2):  # the second time through the validation cache's path too
+        outcome = await executor.execute(Task(run_id=1, job=bad, params={}), io)
+        assert (outcome.status, outcome.permanent) == ("failed", True)
+        assert outcome.deactivate is not None
+        assert outcome.deactivate.startswith("invalid config:")
+    assert io.started_count == 0
+
+
+@module_loop
+async def test_execute_reports_the_start_once(executor: PythonExecutor) -> None:
+    assert PythonExecutor.reports_start is True
+    for _ in range(2):
+        io = MemoryIO()
+        outcome = await executor.execute(make_task("returns", {"value": "OK"}), io)
+        assert outcome.status == "succeeded"
+        assert io.started_count == 1
+
+
+class StartsIO(MemoryIO):
+    def __init__(self, name: str, starts: list[str]) -> None:
+        super().__init__()
+        self.name, self.starts = name, starts
+        self.began = asyncio.Event()
+
+    def started(self) -> None:
+        super().started()
+        self.starts.append(self.name)
+        self.began.set()
+
+
+@module_loop
+async def test_runs_waiting_for_a_process_go_in_task_order(single: PythonExecutor) -> None:
+    starts: list[str] = []
+    blocker_io = StartsIO("blocker", starts)
+    blocker = asyncio.create_task(single.execute(make_task("sleeps", {"seconds": 0.3}), blocker_io))
+    await asyncio.wait_for(blocker_io.began.wait(), 10)
+    runs = []
+    # "late" is queued behind the blocker at once (pipelining); the others wait in order.
+    for name, order in (("late", (9,)), ("c", (3,)), ("a", (1,)), ("b", (2,))):
+        task = make_task("returns", {"value": "OK"})
+        task.order = order
+        runs.append(asyncio.create_task(single.execute(task, StartsIO(name, starts))))
+        await asyncio.sleep(0)
+    await asyncio.gather(blocker, *runs)
+    assert starts == ["blocker", "late", "a", "b", "c"]

@@ -1,15 +1,28 @@
 """The child process of the python kind: imports user code, then runs one task at a time.
 
-Started by `worker/pool.py` with the "spawn" start method. Messages are tuples over one duplex
-pipe; payloads are JSON-safe.
+Started by `worker/pool.py` with the "spawn" start method. Messages are pickled tuples of
+JSON-safe data (multiprocessing's framing), over two pipes:
 
-child -> parent: ("ready", [import errors]), ("log", level, message), ("progress", done, total),
-("checkpoint", state), ("enqueue", request_id, job, params, low_priority), ("done", outcome).
-parent -> child: ("task", payload), ("reply", request_id, run_id | None, error | None),
-("shutdown",).
+- the duplex `conn`: child -> parent ("ready", [import errors]), ("log", level, message),
+  ("progress", done, total), ("checkpoint", state), ("enqueue", request_id, job, params,
+  low_priority), ("done", outcome), ("revoked", n, ok); parent -> child ("stop", n),
+  ("revoke", n), ("reply", request_id, run_id | None, error | None). A receiver thread reads
+  it, so the job's thread never does;
+- the one-way `tasks`: ("task", n, payload, stop) and ("shutdown",), read by the main thread
+  itself between tasks, so a task costs no hand-over from the receiver thread. `n` counts the
+  task messages this process was sent. The parent may queue a task behind a running one.
 
-A receiver thread reads the pipe, so the job's thread never does; a lock serialises writes, and
-nothing about a task is sent after its "done".
+A lock serialises writes, and nothing about a task is sent after its "done". A graceful stop
+names its task's `n` (it may arrive just before its task), so a late one never reaches the
+next task. A revoke of task n succeeds if the main thread has not taken it yet: both are
+decided under the lock, so the parent learns for sure whether a queued task will run. If the
+parent goes away the pipes close: the process ends (at once mid-task).
+
+What a task costs beyond the job itself is kept small: the log capture (a root handler and
+two line writers) is installed once per process and forwards only while a task is active;
+resolved functions are cached by 'module:qualname' (only successes: an import error is tried
+again by the next run, and deactivates the job); the "done" outcome leaves the state out, as
+the parent knows the last checkpoint already.
 """
 
 from __future__ import annotations
@@ -22,13 +35,13 @@ import io
 import itertools
 import logging
 import os
-import queue
+import pickle
 import reprlib
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -42,7 +55,7 @@ _INTERNAL_FILES = (os.path.abspath(__file__), os.path.dirname(os.path.abspath(as
 
 def main(
     conn: Connection,
-    stop_event: Any,
+    tasks: Connection,
     imports: list[str],
     sys_path: list[str],
     log_level: str | int = "INFO",
@@ -66,16 +79,20 @@ def main(
     threading.Thread(
         target=channel.receive_forever, name="nightshift-receiver", daemon=True
     ).start()
-    channel.send(("ready", errors))
     level = logging.getLevelName(log_level) if isinstance(log_level, str) else log_level
     if not isinstance(level, int):
         level = logging.INFO
+    capture = _Capture(channel, level)
+    channel.send(("ready", errors))
     while True:
-        message = channel.tasks.get()
-        if message[0] == "shutdown":
+        try:
+            message = tasks.recv()
+        except (EOFError, OSError):
+            break  # the parent is gone
+        if message[0] == "shutdown" or channel.orphaned:
             break
-        if message[0] == "task":
-            _run_task(message[1], channel, stop_event, level)
+        if message[0] == "task" and channel.take(message[1]):
+            _run_task(message[1], message[2], message[3], channel, capture)
 
 
 class _Pending:
@@ -100,29 +117,58 @@ class _Channel:
         self._active = False
         self._pending: dict[int, _Pending] = {}
         self._ids = itertools.count(1)
-        self.tasks: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self.orphaned = False  # the parent closed the pipe
+        self._taken = 0  # the last task the main thread took
+        self._revoked: set[int] = set()
+        #: The tasks (`n`) asked to stop (a set, written by the receiver thread; a stop may
+        #: arrive just before its task starts, or just after it ended).
+        self.stops: set[int] = set()
+
+    @property
+    def active(self) -> bool:
+        return self._active
 
     def send(self, message: tuple[Any, ...]) -> None:
         with self._lock:
-            self._conn.send(message)
+            self._conn.send_bytes(_dumps(message))
 
-    def begin(self) -> None:
+    def take(self, n: int) -> bool:
+        """The main thread starts task n now, unless it was revoked."""
         with self._lock:
+            if n in self._revoked:
+                self._revoked.discard(n)
+                return False
+            if self.orphaned:
+                os._exit(1)
+            self._taken = n
             self._active = True
+            return True
+
+    def revoke(self, n: int) -> None:
+        """The receiver thread: answer whether task n will not run."""
+        with self._lock:
+            ok = n > self._taken
+            if ok:
+                self._revoked.add(n)
+            with contextlib.suppress(OSError):  # the parent is gone: the next recv says so
+                self._conn.send_bytes(_dumps(("revoked", n, ok)))
 
     def emit(self, message: tuple[Any, ...]) -> None:
         """Send a message about the current task; dropped once the task is done."""
         with self._lock:
             if self._active:
-                self._conn.send(message)
+                self._conn.send_bytes(_dumps(message))
 
-    def finish(self, message: tuple[Any, ...]) -> None:
+    def finish(self, message: tuple[Any, ...], n: int) -> None:
         with self._lock:
-            self._conn.send(message)
+            self._conn.send_bytes(_dumps(message))
             self._active = False
             pending, self._pending = self._pending, {}
         for waiter in pending.values():
             waiter.resolve(None, "the run has ended")
+        if self.stops:  # in place: the receiver thread may be adding the next task's stop
+            for old in [s for s in list(self.stops) if s <= n]:
+                self.stops.discard(old)
 
     def enqueue(self, job: str, params: dict[str, Any] | None, low_priority: bool) -> int:
         waiter = _Pending()
@@ -131,7 +177,7 @@ class _Channel:
                 raise LookupError("the run has ended")
             request_id = next(self._ids)
             self._pending[request_id] = waiter
-            self._conn.send(("enqueue", request_id, job, params, low_priority))
+            self._conn.send_bytes(_dumps(("enqueue", request_id, job, params, low_priority)))
         waiter.event.wait()
         if waiter.error is not None or waiter.value is None:
             raise LookupError(waiter.error or "no run was created")
@@ -143,25 +189,33 @@ class _Channel:
                 message = self._conn.recv()
             except (EOFError, OSError):
                 # The parent is gone: nobody can take an outcome any more.
-                if self._active:
-                    os._exit(1)
-                self.tasks.put(("shutdown",))
+                with self._lock:
+                    self.orphaned = True
+                    if self._active:
+                        os._exit(1)
                 return
             if message[0] == "reply":
                 with self._lock:
                     waiter = self._pending.pop(message[1], None)
                 if waiter is not None:
                     waiter.resolve(message[2], message[3])
-            else:
-                self.tasks.put(message)
+            elif message[0] == "stop":
+                self.stops.add(message[1])
+            elif message[0] == "revoke":
+                self.revoke(message[1])
+
+
+def _dumps(message: tuple[Any, ...]) -> bytes:
+    # Plain pickle: multiprocessing's ForkingPickler copies its reducer table on every call.
+    return pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
 
 
 class _Backend:
     """The context's backend in a worker: messages to the parent, throttled progress."""
 
-    def __init__(self, channel: _Channel, stop_event: Any) -> None:
+    def __init__(self, channel: _Channel, n: int) -> None:
         self._channel = channel
-        self._stop_event = stop_event
+        self._n = n
         self._lock = threading.Lock()
         self._last_sent = float("-inf")
         self._pending: tuple[float, float | None] | None = None
@@ -207,7 +261,7 @@ class _Backend:
         return self._channel.enqueue(job, params, low_priority)
 
     def should_stop(self) -> bool:
-        return self._stop_event.is_set()
+        return self._n in self._channel.stops
 
 
 def _level_name(levelno: int) -> str:
@@ -231,6 +285,13 @@ class _ForwardHandler(logging.Handler):
         self.setFormatter(logging.Formatter("%(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
+        if not self._channel.active:
+            # Between tasks (a job's leftover thread): where it went before the handler was
+            # permanent, the last-resort handler (stderr, warnings and up).
+            last_resort = logging.lastResort
+            if last_resort is not None and record.levelno >= last_resort.level:
+                last_resort.handle(record)
+            return
         try:
             self._channel.emit(("log", _level_name(record.levelno), self.format(record)))
         except RecursionError:
@@ -283,47 +344,71 @@ class _LineWriter(io.TextIOBase):
             self._channel.emit(("log", self._level, line))
 
 
-@contextlib.contextmanager
-def _capture(channel: _Channel, level: int) -> Iterator[None]:
-    """During a task: root-logger records and print() output become the run's log lines."""
-    root = logging.getLogger()
-    handler = _ForwardHandler(channel, level)
-    old_level = root.level
-    old_stdout, old_stderr = sys.stdout, sys.stderr
-    stdout, stderr = _LineWriter(channel, "INFO"), _LineWriter(channel, "WARNING")
-    root.addHandler(handler)
-    root.setLevel(level)
-    sys.stdout, sys.stderr = stdout, stderr
-    try:
-        yield
-    finally:
-        sys.stdout, sys.stderr = old_stdout, old_stderr
-        stdout.drain()
-        stderr.drain()
-        root.removeHandler(handler)
-        root.setLevel(old_level)
+class _Capture:
+    """During a task: root-logger records and print() output become the run's log lines.
+
+    Installed once per process: a handler per task cost a Handler (registered under logging's
+    lock), a flush of every logger's level cache and two new streams, on every run.
+    """
+
+    def __init__(self, channel: _Channel, level: int) -> None:
+        self._level = level
+        self._handler = _ForwardHandler(channel, level)
+        self._stdout = _LineWriter(channel, "INFO")
+        self._stderr = _LineWriter(channel, "WARNING")
+        self._saved: tuple[Any, Any] = (sys.stdout, sys.stderr)
+        root = logging.getLogger()
+        root.addHandler(self._handler)
+        root.setLevel(level)
+
+    def begin(self) -> None:
+        root = logging.root
+        # A job may have changed the root logger (level, basicConfig(force=True)): repaired
+        # here, cheaply, rather than set up anew.
+        if root.level != self._level:
+            root.setLevel(self._level)
+        if self._handler not in root.handlers:
+            root.addHandler(self._handler)
+        self._saved = (sys.stdout, sys.stderr)
+        sys.stdout, sys.stderr = self._stdout, self._stderr
+
+    def end(self) -> None:
+        sys.stdout, sys.stderr = self._saved
+        self._stdout.drain()
+        self._stderr.drain()
 
 
-def _run_task(payload: dict[str, Any], channel: _Channel, stop_event: Any, level: int) -> None:
-    backend = _Backend(channel, stop_event)
-    ctx = Context(
-        params=payload.get("params") or {},
-        app=payload.get("app", "default"),
-        run_id=payload.get("run_id", 0),
-        job=payload.get("job", "job"),
-        attempt=payload.get("attempt", 1),
-        state=payload.get("state"),
-        backend=backend,
-    )
-    channel.begin()
+def _run_task(
+    n: int, payload: dict[str, Any], stop: bool, channel: _Channel, capture: _Capture
+) -> None:
+    """Run task n (taken: the channel is active) and send its "done"."""
+    if stop:  # asked before the task even reached this process
+        channel.stops.add(n)
+    backend = _Backend(channel, n)
     try:
-        with _capture(channel, level):
-            outcome = _call(payload["function"], ctx, stop_event)
+        ctx = Context(
+            params=payload.get("params") or {},
+            app=payload.get("app", "default"),
+            run_id=payload.get("run_id", 0),
+            job=payload.get("job", "job"),
+            attempt=payload.get("attempt", 1),
+            state=payload.get("state"),
+            backend=backend,
+        )
+        capture.begin()
+        try:
+            outcome = _call(payload["function"], ctx, backend)
+        finally:
+            capture.end()
         backend.flush()
     except BaseException as exc:  # a failure of ours: report it rather than hang the parent
         outcome = {"status": "failed", "error": error_info(exc), "permanent": False}
-    outcome["state"] = ctx.state
-    channel.finish(("done", outcome))
+    channel.finish(("done", outcome), n)
+
+
+#: Resolved job functions of this process, by 'module:qualname' (a recycle starts new
+#: processes, so reloaded code is seen).
+_functions: dict[str, Callable[..., Any]] = {}
 
 
 def resolve(reference: str) -> Any:
@@ -344,22 +429,26 @@ def resolve(reference: str) -> Any:
 _INVALID_RETURN = "invalid return value {} (expected nightshift.OK, SLEEP, STOP, EXIT or None)"
 
 
-def _call(reference: str, ctx: Context, stop_event: Any) -> dict[str, Any]:
-    try:
-        function = resolve(reference)
-    except (ImportError, AttributeError, SyntaxError) as exc:
-        return _cannot_import(reference, exc)
-    except BaseException as exc:  # the module raised something else while importing
-        return {"status": "failed", "error": error_info(_user_frames(exc)), "permanent": False}
-    if not callable(function):
-        return _cannot_import(reference, TypeError(f"{function!r} is not a function"))
+def _call(reference: str, ctx: Context, backend: _Backend) -> dict[str, Any]:
+    function = _functions.get(reference)
+    if function is None:
+        try:
+            target = resolve(reference)
+        except (ImportError, AttributeError, SyntaxError) as exc:
+            return _cannot_import(reference, exc)
+        except BaseException as exc:  # the module raised something else while importing
+            return {"status": "failed", "error": error_info(_user_frames(exc)), "permanent": False}
+        if not callable(target):
+            return _cannot_import(reference, TypeError(f"{target!r} is not a function"))
+        function = _functions[reference] = target
 
     try:
         value = function(ctx)
-        if inspect.iscoroutine(value):
-            value = asyncio.run(value)
-        elif inspect.isawaitable(value):
-            value = asyncio.run(_await(value))
+        if value is not None:
+            if inspect.iscoroutine(value):
+                value = asyncio.run(value)
+            elif inspect.isawaitable(value):
+                value = asyncio.run(_await(value))
     except BaseException as exc:
         return {"status": "failed", "error": error_info(_user_frames(exc)), "permanent": False}
 
@@ -373,7 +462,7 @@ def _call(reference: str, ctx: Context, stop_event: Any) -> dict[str, Any]:
             "deactivate": message,
         }
     return {
-        "status": "stopped" if stop_event.is_set() else "succeeded",
+        "status": "stopped" if backend.should_stop() else "succeeded",
         "result": {"returned": returned.value},
         "signal": returned.value,
     }

@@ -25,6 +25,9 @@ class Task:
     attempt: int = 1
     state: Any = None  # the last checkpoint of this fire, when resuming
     is_test: bool = False
+    #: Where the run stands among runs waiting for the same slots (smaller goes first): the
+    #: claim order (low priority last, then fair-share rank, due time, id).
+    order: tuple[Any, ...] = ()
 
 
 @dataclass(slots=True)
@@ -55,6 +58,10 @@ class RunIO(Protocol):
     async def enqueue(self, job: str, params: JSON | None, low_priority: bool) -> int:
         """Create a child run of the named job in the same app; returns its id."""
 
+    def started(self) -> None:
+        """The execution really begins now (a kind that waits for a slot, like the python
+        process pool, calls this when the run gets one; timeouts count from here)."""
+
     def should_stop(self) -> bool:
         """Whether a graceful stop was asked for."""
 
@@ -65,6 +72,9 @@ class RunIO(Protocol):
 
 class Executor(Protocol):
     kind: JobKind
+    #: True for kinds that call `RunIO.started()` themselves once a slot is free; for the
+    #: others the worker calls it when `execute` begins.
+    reports_start: bool
 
     def validate(self, config: JSON) -> JSON:
         """Return the normalised config, or raise InvalidInput naming the field (`config.url`)."""
@@ -97,6 +107,7 @@ class MemoryIO:
     progress_value: tuple[float, float | None] | None = None
     state: Any = None
     children: list[tuple[str, JSON | None, bool]] = field(default_factory=list)
+    started_count: int = 0
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def log(self, level: str, message: str) -> None:
@@ -111,6 +122,9 @@ class MemoryIO:
     async def enqueue(self, job: str, params: JSON | None, low_priority: bool) -> int:
         self.children.append((job, params, low_priority))
         return len(self.children)
+
+    def started(self) -> None:
+        self.started_count += 1
 
     def should_stop(self) -> bool:
         return self._stop.is_set()

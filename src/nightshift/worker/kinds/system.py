@@ -16,6 +16,7 @@ from nightshift.worker.executor import Outcome, RunIO, Task, error_info
 
 class SystemExecutor:
     kind = JobKind.SYSTEM
+    reports_start = False
 
     def __init__(self, tasks: SystemTasks) -> None:
         self.tasks = tasks
