@@ -1,16 +1,21 @@
 """Scale: many schedules and many run records.
 
-    .venv/bin/python bench/bench_scale.py [--schedules 100000] [--runs 1000000]
-                                          [--create-budget 900] [--backend sqlite]
+    .venv/bin/python bench/bench_scale.py [--schedules 100000] [--runs 1000000] [--batch 5000]
+                                          [--parallel 1] [--create-budget 900]
+                                          [--backend sqlite]
 
 1. Create S schedules (`every 1h`, no-op python jobs, first fires spread over an hour starting
-   a day from now, so none is due) through `Service.create_job`, one call each: the service has
-   no bulk create. When `--create-budget` seconds run out first, the rate so far is
+   a day from now, so none is due) as a client would: `POST /api/v1/jobs/bulk` over HTTP to a
+   `nightshift up` on the database, in requests of `--batch` jobs (each one transaction; the
+   default keeps a request under the API's 1 MiB body limit), `--parallel` requests in flight
+   (one by default); the client encodes the next batch while requests are in flight. The
+   time covers the client's JSON encoding and every answer; the service's CPU time is
+   reported too. When `--create-budget` seconds run out first, the rate so far is
    extrapolated to S and the rest are inserted by the bench itself (executemany of the
    store's own row encoding) so that the later steps still see S schedules; the row says so.
-2. RSS: this process (service + store in-process, after creating) and a `nightshift up`
-   started on the database (its main process, and with its python worker processes), 3 s after
-   its health check answers.
+2. RSS: that `nightshift up` (its main process, and with its python worker processes) 3 s after
+   the last schedule was created, its scheduler holding S idle schedules; and this process
+   (service + store in-process) after step 3.
 3. The scheduler's wake-up with S idle schedules: `store.next_fire_due()` and an idle
    `Scheduler.tick(now)`, then with 10 more schedules (`every 1s`, overlap allow) due at each
    tick: `Scheduler.tick` at ten consecutive fire times (the ticks are given their `now`). The
@@ -28,9 +33,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import random
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -64,35 +72,120 @@ def schedule_spec(i: int, base: datetime) -> dict[str, Any]:
     }
 
 
-def create_schedules(service: Any, store: Any, count: int, budget_s: float) -> dict[str, Any]:
+ADMIN = "ns_bench-admin-token-0123456789abcdefghijklmnop"
+
+
+def start_service(db: TempDatabase) -> tuple[subprocess.Popen[bytes], str, float | None, Any]:
+    """A `nightshift up` on the database (all roles, as a laptop runs it): the process, its
+    base URL, how long it took to answer its health check, and its log file."""
+    import httpx
+
+    port = free_port()
+    log = open(db.workdir / "service.log", "wb")  # noqa: SIM115 - closed by the caller
+    proc = subprocess.Popen(
+        [NIGHTSHIFT, "up"],
+        cwd=db.workdir,
+        env=bench_env(db.url, NIGHTSHIFT_PORT=str(port), NIGHTSHIFT_ADMIN_TOKEN=ADMIN),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    t0 = time.perf_counter()
+    ready = None
+    while time.perf_counter() - t0 < 120 and proc.poll() is None:
+        try:
+            if httpx.get(f"{base}/api/v1/health", timeout=1).is_success:
+                ready = time.perf_counter() - t0
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    if ready is None:
+        stop_process(proc)
+        log.close()
+        raise SystemExit(f"nightshift up did not answer; see {db.workdir / 'service.log'}")
+    return proc, base, ready, log
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (its own threads, not its children)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def create_schedules(
+    base: str, pid: int, store: Any, count: int, batch: int, parallel: int, budget_s: float
+) -> dict[str, Any]:
+    """`count` schedules through `POST /jobs/bulk`, `batch` per request, `parallel` requests in
+    flight (one by default). Also
+    the CPU time the service process spent meanwhile: on a shared machine, the figure that
+    other people's load changes least."""
+    import httpx
+
     from nightshift.store.sql.codec import job_values
     from nightshift.store.tables import jobs
     from nightshift.timing import fire_after
 
-    base = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    headers = {"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"}
+
+    def body(first: int) -> str:
+        size = min(batch, count - first)
+        return json.dumps({"jobs": [schedule_spec(first + i, start) for i in range(size)]})
+
+    created, requests, largest = 0, 0, 0
+    lock = threading.Lock()
+    in_flight = threading.Semaphore(parallel)
+    cpu0 = cpu_s(pid)
     t0 = time.perf_counter()
-    created = 0
-    last = None
-    while created < count and time.perf_counter() - t0 < budget_s:
-        last = service.create_job(schedule_spec(created, base))
-        created += 1
-    service_s = time.perf_counter() - t0
+
+    def send(client: Any, first: int) -> None:
+        nonlocal created, requests, largest
+        if time.perf_counter() - t0 >= budget_s:
+            return
+        content = body(first)  # encoded while up to `parallel` requests are in flight
+        with in_flight:
+            answer = client.post("/jobs/bulk", content=content)
+        if answer.status_code != 201:
+            raise SystemExit(f"POST /jobs/bulk answered {answer.status_code}: {answer.text}")
+        with lock:
+            created += len(answer.json()["items"])
+            requests += 1
+            largest = max(largest, len(content))
+
+    # One more thread than requests in flight: the client encodes the next batch while the
+    # service works, as a client importing a file would.
+    with (
+        httpx.Client(base_url=f"{base}/api/v1", headers=headers, timeout=300) as client,
+        ThreadPoolExecutor(parallel + 1) as pool,
+    ):
+        list(pool.map(lambda first: send(client, first), range(0, count, batch)))
+    api_s = time.perf_counter() - t0
+    server_cpu = cpu_s(pid) - cpu0
     out: dict[str, Any] = {
-        "created_via_service": created,
-        "service_s": round(service_s, 2),
-        "service_per_s": round(created / service_s, 1),
-        "create_all_s": round(service_s * count / created, 1),
+        "via": "POST /api/v1/jobs/bulk",
+        "batch": batch,
+        "parallel": parallel,
+        "requests": requests,
+        "largest_body_kib": round(largest / 1024, 1),
+        "created_via_api": created,
+        "api_s": round(api_s, 2),
+        "api_per_s": round(created / api_s, 1),
+        "service_cpu_s": round(server_cpu, 2),
+        "create_all_s": round(api_s * count / created, 2),
         "extrapolated": created < count,
     }
     if created < count:
-        assert last is not None
+        template = store.get_job(store.list_jobs(limit=1)[0].id)
         now = datetime.now(UTC)
         t1 = time.perf_counter()
         rows = []
         for i in range(created, count):
-            start = base + timedelta(seconds=i % 3600)
+            first = start + timedelta(seconds=i % 3600)
             job = dataclasses.replace(
-                last, id=0, name=f"s-{i}", start_at=start, anchor_at=start, created_at=now
+                template, id=0, name=f"s-{i}", start_at=first, anchor_at=first, created_at=now
             )
             job.next_fire_at = fire_after(job, now)
             rows.append(job_values(job))
@@ -104,40 +197,14 @@ def create_schedules(service: Any, store: Any, count: int, budget_s: float) -> d
     return out
 
 
-def service_rss(db: TempDatabase) -> dict[str, Any]:
-    """RSS of a `nightshift up` on the database, 3 s after it answers its health check."""
-    import httpx
-
-    port = free_port()
-    log = open(db.workdir / "service.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [NIGHTSHIFT, "up"],
-        cwd=db.workdir,
-        env=bench_env(db.url, NIGHTSHIFT_PORT=str(port)),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        t0 = time.perf_counter()
-        ready = None
-        while time.perf_counter() - t0 < 120 and proc.poll() is None:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=1).is_success:
-                    ready = time.perf_counter() - t0
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        time.sleep(3)
-        return {
-            "service_ready_s": round(ready, 2) if ready else None,
-            "service_rss_mb": rss_mb(proc.pid) if proc.poll() is None else None,
-            "service_tree_rss_mb": tree_rss_mb(proc.pid) if proc.poll() is None else None,
-        }
-    finally:
-        stop_process(proc)
-        log.close()
+def service_rss(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """RSS of the running `nightshift up`, 3 s after the schedules were created."""
+    time.sleep(3)
+    alive = proc.poll() is None
+    return {
+        "service_rss_mb": rss_mb(proc.pid) if alive else None,
+        "service_tree_rss_mb": tree_rss_mb(proc.pid) if alive else None,
+    }
 
 
 def wakeup(service: Any, store: Any, settings: Any, due: int = 10) -> dict[str, Any]:
@@ -309,7 +376,14 @@ def reads(store: Any, backend: str, job_ids: list[int]) -> dict[str, Any]:
 
 
 def run(
-    backend: str, schedules: int, runs: int, budget_s: float, due: int, results: Results
+    backend: str,
+    schedules: int,
+    runs: int,
+    batch: int,
+    parallel: int,
+    budget_s: float,
+    due: int,
+    results: Results,
 ) -> None:
     from nightshift.clock import SystemClock
     from nightshift.config import Settings
@@ -327,20 +401,25 @@ def run(
     with TempDatabase(backend) as db, working_directory(db.workdir):
         settings = Settings(database_url=db.url)
         store = open_store(db.url)
-        service = Service(store, SystemClock(), settings, build_executors(settings))
-        rss_start = rss_mb()
-        creation = create_schedules(service, store, schedules, budget_s)
-        rss_after = rss_mb()
-        print(f"  schedules: {creation}", flush=True)
-        figures: dict[str, Any] = {
-            "schedules": schedules,
-            "create_all_s": creation["create_all_s"],
-            "create_per_s": creation["service_per_s"],
-            "bench_rss_mb": rss_after,
-        }
-        figures.update(service_rss(db))
+        proc, base, ready_s, log = start_service(db)
+        try:
+            creation = create_schedules(base, proc.pid, store, schedules, batch, parallel, budget_s)
+            print(f"  schedules: {creation}", flush=True)
+            figures: dict[str, Any] = {
+                "schedules": schedules,
+                "create_all_s": creation["create_all_s"],
+                "create_per_s": creation["api_per_s"],
+                "create_service_cpu_s": creation["service_cpu_s"],
+                "service_ready_s": round(ready_s, 2) if ready_s else None,
+            }
+            figures.update(service_rss(proc))
+        finally:
+            stop_process(proc)
+            log.close()
         print(f"  rss: {figures}", flush=True)
+        service = Service(store, SystemClock(), settings, build_executors(settings))
         wake = wakeup(service, store, settings, due)
+        figures["bench_rss_mb"] = rss_mb()
         figures.update(wake)
         figures.update({f"baseline_{k}": v for k, v in baseline.items() if k != "due_handled"})
         results.add(
@@ -349,11 +428,12 @@ def run(
             figures,
             load1_before=load_before,
             creation=creation,
-            bench_rss_before_mb=rss_start,
             notes=(
-                "Service.create_job one call each (no bulk create path)"
+                f"POST /api/v1/jobs/bulk over HTTP to `nightshift up`, {creation['requests']} "
+                f"requests of up to {batch} jobs, "
+                + ("one at a time" if parallel == 1 else f"{parallel} in flight")
                 + (
-                    f"; budget ran out after {creation['created_via_service']}: "
+                    f"; budget ran out after {creation['created_via_api']}: "
                     "create_all_s extrapolated, the rest bulk-inserted"
                     if creation["extrapolated"]
                     else ""
@@ -393,15 +473,28 @@ def main() -> None:
     parser.add_argument("--schedules", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=1_000_000)
     parser.add_argument("--due", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=5000, help="jobs per POST /jobs/bulk request")
     parser.add_argument(
-        "--create-budget", type=float, default=900.0, help="seconds of Service.create_job"
+        "--parallel", type=int, default=1, help="POST /jobs/bulk requests in flight at once"
+    )
+    parser.add_argument(
+        "--create-budget", type=float, default=900.0, help="seconds of creating through the API"
     )
     args = parser.parse_args()
     quiet_logging()
     results = Results(args.json)
     for backend in backends(args):
         print(f"scale {backend}: {args.schedules} schedules, {args.runs} runs", flush=True)
-        run(backend, args.schedules, args.runs, args.create_budget, args.due, results)
+        run(
+            backend,
+            args.schedules,
+            args.runs,
+            args.batch,
+            args.parallel,
+            args.create_budget,
+            args.due,
+            results,
+        )
 
 
 if __name__ == "__main__":

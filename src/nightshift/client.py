@@ -169,6 +169,10 @@ class Client:
     def create_job(self, data: JSON) -> JSON:
         return self.request("POST", "/jobs", json=data)
 
+    def create_jobs(self, jobs: list[Any]) -> JSON:
+        """`POST /jobs/bulk`: every job or none; `{"items": [{"id", "app", "name"}, …]}`."""
+        return self.request("POST", "/jobs/bulk", json={"jobs": jobs})
+
     def update_job(self, job_id: int, changes: JSON) -> JSON:
         return self.request("PATCH", f"/jobs/{job_id}", json=changes, subject=f"job {job_id}")
 

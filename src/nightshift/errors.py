@@ -41,9 +41,14 @@ class NotFound(NightshiftError, LookupError):
 
 
 class Conflict(NightshiftError):
-    """The operation does not apply to the current state (e.g. resuming a running run)."""
+    """The operation does not apply to the current state (e.g. resuming a running run);
+    `field` names the input at fault when there is one (`jobs[3].name` in a bulk create)."""
 
     code = "conflict"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class JobFailure(NightshiftError):

@@ -148,6 +148,9 @@ CASES: dict[str, Case] = {
     "create job in B": Case(
         "POST", "/jobs", 201, 404, 201, body={**_job("{new}", "bravo"), "tags": []}
     ),
+    "bulk create in B": Case(
+        "POST", "/jobs/bulk", 201, 404, 201, body={"jobs": [{**_job("{new}", "bravo"), "tags": []}]}
+    ),
     "get job of B": Case("GET", "/jobs/{b_job}", 200, 404, 200),
     "patch job of B": Case("PATCH", "/jobs/{b_job}", 200, 404, 200, body={"description": "d"}),
     "delete job of B": Case("DELETE", "/jobs/{job}", 204, 404, 204, fresh="job"),

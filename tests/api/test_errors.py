@@ -93,6 +93,7 @@ def test_openapi_document_and_docs(api: ApiServer) -> None:
         "/api/v1/apps": {"get", "post"},
         "/api/v1/apps/{app}": {"get", "patch", "delete"},
         "/api/v1/jobs": {"get", "post"},
+        "/api/v1/jobs/bulk": {"post"},
         "/api/v1/jobs/{job_id}": {"get", "patch", "delete"},
         "/api/v1/jobs/{job_id}/run": {"post"},
         "/api/v1/jobs/{job_id}/test": {"post"},
@@ -125,6 +126,8 @@ def test_openapi_document_and_docs(api: ApiServer) -> None:
                 schema = responses[ok[0]]["content"]["application/json"]["schema"]
                 assert "$ref" in schema, (path, method, schema)
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    bulk = spec["components"]["schemas"]["JobsBulkCreate"]["properties"]["jobs"]
+    assert bulk["items"] == {"$ref": "#/components/schemas/JobCreate"}  # typed for clients
     job = spec["components"]["schemas"]["JobOut"]["properties"]
     assert job["next_fire_at"]["anyOf"][0] == {"type": "string", "format": "date-time"}
     docs = httpx.get(f"{api.base}/api/v1/docs")

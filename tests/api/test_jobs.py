@@ -238,3 +238,98 @@ def _alive(pid: int) -> bool:
             return fh.read().split()[2] != "Z"
     except OSError:
         return False
+
+
+# -- bulk create -----------------------------------------------------------------------------
+
+
+def test_bulk_create_makes_every_job_in_one_request(admin) -> None:  # type: ignore[no-untyped-def]
+    batch = [py_job(f"n{i}", schedule="every 1h", tags=[f"t{i}"]) for i in range(50)]
+    batch.append(py_job("elsewhere", app="shop", timezone="Asia/Tokyo", retries=2))
+    answer = admin.post("/jobs/bulk", json={"jobs": batch})
+    assert answer.status_code == 201, answer.text
+    items = answer.json()["items"]
+    assert [(i["app"], i["name"]) for i in items] == [
+        (job.get("app", "default"), job["name"]) for job in batch
+    ]
+    last = admin.get(f"/jobs/{items[-1]['id']}").json()
+    assert (last["app"], last["timezone"], last["retries"]["max"]) == ("shop", "Asia/Tokyo", 2)
+    first = admin.get(f"/jobs/{items[0]['id']}").json()
+    assert set(first) == JOB_FIELDS and first["tags"] == ["t0"] and first["state"] == "active"
+    # The same job as POST /jobs makes: defaults and the first fire included.
+    single = admin.post("/jobs", json=py_job("single", schedule="every 1h", tags=["t0"])).json()
+    differs = {k for k in JOB_FIELDS if first[k] != single[k]}
+    assert differs <= {"id", "name", "next_fire_at", "created_at", "updated_at"}
+    assert first["next_fire_at"] <= single["next_fire_at"]
+    assert admin.get("/apps/shop").status_code == 200  # created with its job
+
+
+def test_bulk_create_writes_nothing_when_one_item_is_bad(admin) -> None:  # type: ignore[no-untyped-def]
+    good = [py_job("g0"), py_job("g1")]
+    for change, field, message in INVALID:
+        answer = admin.post("/jobs/bulk", json={"jobs": [*good, {**py_job("broken"), **change}]})
+        assert answer.status_code == 422, (change, answer.text)
+        error = answer.json()["error"]
+        assert (error["code"], error["field"]) == ("invalid", f"jobs[2].{field}"), (change, error)
+        if field == "colour":  # the service's word for it (POST /jobs: FastAPI's)
+            message = "is not a job field"
+        assert message in error["message"], (change, error)
+    for body, field in [
+        ({"jobs": [py_job("a"), 7]}, "jobs[1]"),
+        ({"jobs": [py_job("a"), {"kind": "python"}]}, "jobs[1].name"),
+        ({"jobs": "all of them"}, "jobs"),
+        ({}, "jobs"),
+        ({"jobs": [], "extra": 1}, "extra"),
+    ]:
+        answer = admin.post("/jobs/bulk", json=body)
+        assert answer.status_code == 422 and answer.json()["error"]["field"] == field, answer.text
+    assert admin.get("/jobs").json()["items"] == []  # nothing was saved
+    assert admin.post("/jobs/bulk", json={"jobs": []}).json() == {"items": []}
+
+
+def test_bulk_create_refuses_names_taken_in_the_app_or_the_batch(admin) -> None:  # type: ignore[no-untyped-def]
+    admin.post("/jobs", json=py_job("taken", app="one"))
+    taken = admin.post(
+        "/jobs/bulk", json={"jobs": [py_job("fresh", app="one"), py_job("taken", app="one")]}
+    )
+    assert taken.status_code == 409, taken.text
+    error = taken.json()["error"]
+    assert (error["code"], error["field"]) == ("conflict", "jobs[1].name")
+    assert "'taken'" in error["message"]
+    twice = admin.post(
+        "/jobs/bulk", json={"jobs": [py_job("x", app="one"), py_job("y"), py_job("x", app="one")]}
+    )
+    assert twice.status_code == 422 and twice.json()["error"]["field"] == "jobs[2].name"
+    assert "jobs[0]" in twice.json()["error"]["message"]
+    assert [j["name"] for j in admin.get("/jobs").json()["items"]] == ["taken"]
+    # A name is unique per app: the same name in two apps is fine.
+    both = admin.post("/jobs/bulk", json={"jobs": [py_job("x", app="one"), py_job("x", app="two")]})
+    assert both.status_code == 201, both.text
+
+
+def test_an_app_token_bulk_creates_in_its_own_app_only(admin, api: ApiServer) -> None:  # type: ignore[no-untyped-def]
+    token = app_token(admin, "shop")
+    app_token(admin, "other")
+    with api.client(token) as shop:
+        made = shop.post("/jobs/bulk", json={"jobs": [py_job("m1"), py_job("m2", app="shop")]})
+        assert made.status_code == 201, made.text
+        assert {i["app"] for i in made.json()["items"]} == {"shop"}
+        for app in ("other", "nosuchapp"):  # another app answers as a missing one
+            refused = shop.post(
+                "/jobs/bulk", json={"jobs": [py_job("m3"), py_job("theirs", app=app)]}
+            )
+            assert refused.status_code == 404, refused.text
+            error = refused.json()["error"]
+            assert (error["code"], error["field"]) == ("not_found", "jobs[1].app")
+            assert error["message"] == f"app '{app}' not found"
+    assert sorted(j["name"] for j in admin.get("/jobs").json()["items"]) == ["m1", "m2"]
+
+
+def test_bulk_bodies_over_the_limit_answer_413_and_a_batch_under_it_passes(serve) -> None:  # type: ignore[no-untyped-def]
+    api = serve(max_body_bytes=4000)
+    with api.client() as admin:
+        many = [py_job(f"job-{i}") for i in range(100)]
+        too_big = admin.post("/jobs/bulk", json={"jobs": many})
+        assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "too_large"
+        assert admin.get("/jobs").json()["items"] == []
+        assert admin.post("/jobs/bulk", json={"jobs": many[:20]}).status_code == 201

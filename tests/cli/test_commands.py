@@ -338,6 +338,86 @@ def test_tokens_list_and_revoke(fake: FakeApi, cli) -> None:  # type: ignore[no-
     assert out.code == 0 and out.stdout.strip() == "token 5 revoked"
 
 
+def _created(seen: Seen) -> tuple[int, dict]:  # type: ignore[type-arg]
+    items = [
+        {"id": 100 + i, "app": job.get("app", "default"), "name": job["name"]}
+        for i, job in enumerate(seen.body["jobs"])
+    ]
+    return 201, {"items": items}
+
+
+def test_jobs_import_sends_the_file_in_batches(fake: FakeApi, cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    fake.on_call("POST", "/jobs/bulk", _created)
+    jobs = [{"name": f"j{i}", "kind": "python", "config": {"function": "m:f"}} for i in range(5)]
+    path = tmp_path / "jobs.json"
+    path.write_text(json.dumps(jobs))
+    out = cli("jobs", "import", str(path), "--batch", "2")
+    assert out.code == 0, out.stderr
+    assert out.stdout.strip() == "5 jobs created in default"
+    sent = [s.body["jobs"] for s in fake.seen if s.path == "/api/v1/jobs/bulk"]
+    assert sent == [jobs[0:2], jobs[2:4], jobs[4:5]]
+
+
+def test_jobs_import_reads_stdin_and_the_jobs_list_json(fake: FakeApi, cli) -> None:  # type: ignore[no-untyped-def]
+    fake.on_call("POST", "/jobs/bulk", _created)
+    listed = {"items": [JOB, {**JOB, "id": 4, "name": "type2"}], "next_cursor": None}
+    out = cli("jobs", "import", "-", "--json", input=json.dumps(listed))
+    assert out.code == 0, out.stderr
+    assert [i["name"] for i in json.loads(out.stdout)["items"]] == ["type1", "type2"]
+    sent = fake.last("POST").body["jobs"]
+    assert sent[0]["config"] == JOB["config"]
+    assert not {"id", "next_fire_at", "last_run", "state", "created_at"} & set(sent[0])
+    wrapped = cli("jobs", "import", "-", input=json.dumps({"jobs": [{"name": "w"}]}))
+    assert wrapped.code == 0 and fake.last("POST").body == {"jobs": [{"name": "w"}]}
+
+
+def test_jobs_import_names_the_bad_job_by_its_place_in_the_file(fake: FakeApi, cli) -> None:  # type: ignore[no-untyped-def]
+    def second_batch_fails(seen: Seen) -> tuple[int, dict]:  # type: ignore[type-arg]
+        if seen.body["jobs"][0]["name"] == "j0":
+            return _created(seen)
+        return 422, error(
+            "invalid", "minute field '61': 61 is out of range 0-59", "jobs[1].schedule"
+        )
+
+    fake.on_call("POST", "/jobs/bulk", second_batch_fails)
+    jobs = [{"name": f"j{i}"} for i in range(4)]
+    out = cli("jobs", "import", "-", "--batch", "2", input=json.dumps(jobs))
+    assert out.code == 2
+    assert one_error_line(out.stderr) == (
+        "error: jobs[3].schedule: minute field '61': 61 is out of range 0-59"
+        " (jobs[0] to jobs[1] were created, in batches of 2)"
+    )
+    fake.on(
+        "POST",
+        "/jobs/bulk",
+        error("conflict", "app 'a' already has a job named 'x'", "jobs[0].name"),
+        409,
+    )
+    taken = cli("jobs", "import", "-", input=json.dumps(jobs))
+    assert taken.code == 2
+    assert (
+        one_error_line(taken.stderr) == "error: jobs[0].name: app 'a' already has a job named 'x'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{nope", "error: stdin: not valid JSON"),
+        ('{"name": "x"}', "error: -: expected a JSON array of jobs"),
+        ("[]", "error: -: no jobs in it"),
+        ("5", "error: -: expected a JSON array of jobs"),
+    ],
+)
+def test_jobs_import_of_a_bad_file_is_one_line_and_exit_2(cli, text: str, message: str) -> None:  # type: ignore[no-untyped-def]
+    out = cli("jobs", "import", "-", input=text)
+    assert out.code == 2
+    assert one_error_line(out.stderr).startswith(message)
+    missing = cli("jobs", "import", "/nonexistent/jobs.json")
+    assert missing.code == 2
+    assert one_error_line(missing.stderr).startswith("error: cannot read /nonexistent/jobs.json")
+
+
 # -- errors ----------------------------------------------------------------------------------
 
 

@@ -296,6 +296,46 @@ def test_an_app_token_sees_only_its_app(live: Live) -> None:
     assert anonymous.code == 2 and anonymous.error.startswith("error: unauthorized")
 
 
+def test_jobs_import_creates_every_job_or_none(live: Live, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    jobs = [
+        {"app": "bulk", "name": f"b{i}", "function": "clijobs:hello"} for i in range(3)
+    ]  # a declaration's shorthand, not the API's job: refused, naming the field
+    path = tmp_path / "jobs.json"
+    path.write_text(json.dumps(jobs))
+    bad = live.cli("jobs", "import", str(path), process=True)
+    assert bad.code == 2 and bad.error == "error: jobs[0].kind: is required"
+    assert live.api("/jobs", app="bulk")["items"] == []
+
+    jobs = [
+        {"app": "bulk", "name": f"b{i}", "kind": "python", "schedule": "every 1h",
+         "config": {"function": "clijobs:hello"}}
+        for i in range(3)
+    ]  # fmt: skip
+    path.write_text(json.dumps({"jobs": jobs}))
+    made = live.cli("jobs", "import", str(path), process=True)
+    assert made.code == 0, made.stderr
+    assert made.stdout.strip() == "3 jobs created in bulk"
+    listed = live.api("/jobs", app="bulk")["items"]
+    assert [j["name"] for j in listed] == ["b0", "b1", "b2"]
+    assert all(j["next_fire_at"] and j["schedule"] == "every 1h" for j in listed)
+    again = live.cli(
+        "jobs", "import", "-", stdin=json.dumps([*jobs[2:], {**jobs[0], "name": "b9"}])
+    )
+    assert again.code == 2
+    assert again.error == "error: jobs[0].name: app 'bulk' already has a job named 'b2'"
+    assert len(live.api("/jobs", app="bulk")["items"]) == 3
+
+    exported = live.cli("jobs", "list", "--app", "bulk", "--all", "--json").stdout
+    renamed = json.loads(exported)
+    for job in renamed["items"]:
+        job["app"] = "copy"
+    copied = live.cli("jobs", "import", "-", "--json", stdin=json.dumps(renamed))
+    assert copied.code == 0, copied.stderr
+    assert [(j["app"], j["name"]) for j in copied.json()["items"]] == [
+        ("copy", "b0"), ("copy", "b1"), ("copy", "b2")
+    ]  # fmt: skip
+
+
 def test_apps_pause_and_resume_switch_the_schedules(live: Live) -> None:
     assert live.cli("apps", "create", "switch").code == 0
     paused = live.cli("apps", "pause", "switch")

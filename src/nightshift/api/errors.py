@@ -109,6 +109,8 @@ def install(app: FastAPI) -> None:
         status = _status_of(exc)
         if isinstance(exc, InvalidInput):
             return error_response(status, "invalid", exc.message, exc.field)
+        if isinstance(exc, Conflict):
+            return error_response(status, STATUS_CODES[status], str(exc), exc.field)
         return error_response(status, STATUS_CODES[status], str(exc))
 
     @app.exception_handler(RequestValidationError)

@@ -17,6 +17,7 @@ from pydantic import (
     create_model,
     field_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from nightshift.domain.models import App, Job, JobHold, LogLine, Run
 from nightshift.jobspec import JobSpec
@@ -152,6 +153,33 @@ class JobCreate(JobSpec):
     """A new job; `app` defaults to the token's app (or `default` for an admin token)."""
 
     app: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")] = None  # type: ignore[assignment]
+
+
+class JobsBulkCreate(Input):
+    """Jobs created together, in one transaction: all of them or none."""
+
+    jobs: list[Any] = Field(
+        description="each item as the body of POST /jobs; `app` defaults to the token's app"
+    )
+
+    # Documented as JobCreate items, but passed on as they came: the service validates each
+    # item once, naming it in its errors (`jobs[3].schedule`) as POST /jobs names the field.
+    @field_validator("jobs", mode="plain", json_schema_input_type=list[JobCreate])
+    @classmethod
+    def _items_as_given(cls, value: Any) -> list[Any]:
+        if not isinstance(value, list):
+            raise PydanticCustomError("list_type", "must be a list of jobs")
+        return value
+
+
+class JobCreated(BaseModel):
+    id: int
+    app: str
+    name: str
+
+
+class JobsCreated(BaseModel):
+    items: list[JobCreated] = Field(description="the jobs created, in the order given")
 
 
 def _patch_model() -> type[BaseModel]:

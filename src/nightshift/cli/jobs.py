@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -26,6 +27,9 @@ from nightshift.cli.common import (
     print_json,
     show_list,
 )
+
+if TYPE_CHECKING:
+    from nightshift.client import ApiError
 
 jobs_app = typer.Typer(
     help="Job definitions: list, create, change, run now, test.",
@@ -90,6 +94,91 @@ def show(
 
 jobs_app.command("create")(jobs_edit.create)
 jobs_app.command("edit")(jobs_edit.edit)
+
+IMPORT_BATCH = 1000  # jobs per request: well under the API's 1 MiB body limit for usual jobs
+_ITEM_INDEX = re.compile(r"jobs\[(\d+)\]")
+
+
+def _read_jobs(path: str) -> list[Any]:
+    """The jobs of FILE: a JSON array, `{"jobs": [...]}`, or `{"items": [...]}` (the output of
+    `jobs list --all --json`), without the fields the API reports but does not take."""
+    try:
+        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()  # noqa: SIM115
+    except OSError as exc:
+        raise fail(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise fail(f"{path} is not UTF-8 text") from None
+    data = parse_json(path if path != "-" else "stdin", text, want_object=False)
+    if isinstance(data, dict):
+        data = data.get("jobs", data.get("items"))
+    if not isinstance(data, list):
+        raise fail(f"{path}: expected a JSON array of jobs, or an object with a 'jobs' array")
+    if not data:
+        raise fail(f"{path}: no jobs in it")
+    return [
+        {k: v for k, v in item.items() if k not in jobs_edit.READ_ONLY}
+        if isinstance(item, dict)
+        else item
+        for item in data
+    ]
+
+
+def _shifted(exc: ApiError, offset: int, batch: int) -> ApiError:
+    """The error of one batch, with its `jobs[i]` counted in the whole file."""
+    from nightshift.client import ApiError
+
+    def shift(text: str | None) -> str | None:
+        if text is None:
+            return None
+        return _ITEM_INDEX.sub(lambda m: f"jobs[{int(m.group(1)) + offset}]", text)
+
+    message = shift(exc.message) or ""
+    if offset:
+        message += f" (jobs[0] to jobs[{offset - 1}] were created, in batches of {batch})"
+    if exc.status == 413:
+        message += "; give a smaller --batch"
+    return ApiError(exc.status, message, code=exc.code, field=shift(exc.field))
+
+
+@jobs_app.command("import")
+@friendly
+def import_jobs(
+    ctx: typer.Context,
+    file: Annotated[
+        str,
+        typer.Argument(
+            help="A JSON array of jobs (as POST /jobs takes them), or {\"jobs\": [...]}; '-' "
+            "for stdin."
+        ),
+    ],
+    batch: Annotated[
+        int, typer.Option("--batch", min=1, help="Jobs per request; each one transaction.")
+    ] = IMPORT_BATCH,
+    server: ServerOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create many jobs: each request of --batch jobs is one transaction, all or none.
+
+    A file of at most --batch jobs is created whole or not at all; a bad job names its index
+    in the file (jobs[3].schedule) and stops the import there."""
+    from nightshift.client import ApiError  # httpx stays out of worker start-up
+
+    conn = connection(ctx, server, token, as_json)
+    jobs = _read_jobs(file)
+    created: list[dict[str, Any]] = []
+    with conn.client() as client:
+        for offset in range(0, len(jobs), batch):
+            try:
+                answer = client.create_jobs(jobs[offset : offset + batch])
+            except ApiError as exc:
+                raise _shifted(exc, offset, batch) from None
+            created.extend(answer.get("items", []))
+    if conn.as_json:
+        print_json({"items": created})
+        return
+    apps = sorted({str(job.get("app")) for job in created})
+    typer.echo(f"{len(created)} jobs created in {', '.join(apps)}")
 
 
 @jobs_app.command("delete")

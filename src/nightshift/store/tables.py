@@ -19,11 +19,13 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     text,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TIMESTAMP, TypeDecorator
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -48,8 +50,7 @@ class UtcDateTime(TypeDecorator[datetime]):
             raise ValueError("naive datetime given to the store")
         if dialect.name == "postgresql":
             return value
-        delta = value - _EPOCH
-        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        return (value - _EPOCH) // _MICROSECOND  # exact integer microseconds (C arithmetic)
 
     def process_result_value(self, value, dialect):  # type: ignore[no-untyped-def]
         if value is None:
@@ -115,7 +116,14 @@ jobs = Table(
     Column("active_run_id", BigInteger),
     UniqueConstraint("app", "name", name="jobs_app_name_key"),
 )
-Index("jobs_due", jobs.c.next_fire_at, postgresql_where=jobs.c.enabled, sqlite_where=jobs.c.enabled)
+# The predicate must be written as the queries' WHERE is rendered, or SQLite's planner cannot
+# use the partial index: SQLite renders `jobs.c.enabled` as `enabled = 1` (migration 0005).
+Index(
+    "jobs_due",
+    jobs.c.next_fire_at,
+    postgresql_where=jobs.c.enabled,
+    sqlite_where=jobs.c.enabled == true(),
+)
 
 runs = Table(
     "runs",

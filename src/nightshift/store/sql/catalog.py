@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import Connection, and_, delete, exists, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from nightshift.domain.models import JSON, App, Job
 from nightshift.errors import Conflict, NotFound
 from nightshift.store.base import Retimer
 from nightshift.store.sql.codec import app_from_row, encode_job_changes, job_from_row, job_values
-from nightshift.store.sql.engine import Dialect, Transactions, insert_or_ignore
+from nightshift.store.sql.engine import (
+    Dialect,
+    Transactions,
+    bulk_insert,
+    encode_rows,
+    insert_or_ignore,
+    reserve_ids,
+)
 from nightshift.store.sql.notify import JOBS, notify
 from nightshift.store.tables import apps, jobs, meta, runs
 
@@ -84,6 +103,28 @@ class CatalogStore:
             _bump_version(conn)
             return _get_job(conn, job_id)
 
+    def create_jobs(self, new: Sequence[Job]) -> list[int]:
+        if not new:
+            return []
+        dialect = self._tx.engine.dialect
+        # SQLite: encoded before its write lock is taken; PostgreSQL: while COPY sends them.
+        lazy = not self._dialect.is_sqlite
+        rows = encode_rows(dialect, jobs, map(job_values, new), key="id", lazy=lazy)
+        with self._tx.write() as conn:
+            for app in dict.fromkeys(job.app for job in new):
+                _ensure_app(conn, app, new[0].created_at or new[0].anchor_at)  # type: ignore[arg-type]
+            ids = reserve_ids(conn, jobs, len(new))  # no reading back which row got which id
+            try:
+                with conn.begin_nested():
+                    bulk_insert(conn, rows, ids)
+            except conn.dialect.loaded_dbapi.IntegrityError as exc:  # type: ignore[attr-defined]
+                conflict = _name_taken(conn, new)
+                if conflict is None:
+                    raise  # not a name: a bug, not the caller's input
+                raise conflict from exc
+            _bump_version(conn)
+        return ids
+
     def get_job(self, job_id: int) -> Job:
         with self._tx.read() as conn:
             return _get_job(conn, job_id)
@@ -146,8 +187,13 @@ class CatalogStore:
             _bump_version(conn)
 
     def next_fire_due(self) -> datetime | None:
+        # ORDER BY … LIMIT 1 rather than min(): PostgreSQL does not turn a min() under the
+        # apps EXISTS into an index scan, and reads every idle schedule instead.
+        query = (
+            select(jobs.c.next_fire_at).where(schedulable).order_by(jobs.c.next_fire_at).limit(1)
+        )
         with self._tx.read() as conn:
-            return conn.execute(select(func.min(jobs.c.next_fire_at)).where(schedulable)).scalar()
+            return conn.execute(query).scalar()
 
     def reboot_jobs(self) -> list[Job]:
         query = select(*JOB_COLUMNS).where(
@@ -181,8 +227,31 @@ class CatalogStore:
         return int(value or 0)
 
 
+def _name_taken(conn: Connection, new: Sequence[Job]) -> Conflict | None:
+    """The Conflict of a bulk insert that broke the (app, name) key: the first job whose name
+    its app has already, or that an earlier job of the batch has too; None when no name
+    clashes."""
+    keys = [(job.app, job.name) for job in new]
+    taken: set[tuple[str, str]] = set()
+    for k in range(0, len(keys), 500):
+        chunk = keys[k : k + 500]
+        query = select(jobs.c.app, jobs.c.name).where(tuple_(jobs.c.app, jobs.c.name).in_(chunk))
+        taken.update((app, name) for app, name in conn.execute(query))
+    seen: set[tuple[str, str]] = set()
+    for i, key in enumerate(keys):
+        if key in taken or key in seen:
+            return Conflict(
+                f"app {key[0]!r} already has a job named {key[1]!r}", field=f"jobs[{i}].name"
+            )
+        seen.add(key)
+    return None
+
+
+_GET_JOB = select(*JOB_COLUMNS).where(jobs.c.id == bindparam("job_id"))  # built once: hot
+
+
 def _get_job(conn: Connection, job_id: int) -> Job:
-    row = conn.execute(select(*JOB_COLUMNS).where(jobs.c.id == job_id)).first()
+    row = conn.execute(_GET_JOB, {"job_id": job_id}).first()
     if row is None:
         raise NotFound("job", job_id)
     return job_from_row(row)
