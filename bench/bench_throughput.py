@@ -208,7 +208,7 @@ def run_inprocess(
                 store.complete, n, asyncio.get_running_loop(), job_run_ids(store, job.id)
             )
             store.complete = completions  # type: ignore[method-assign]
-            stats["claim"] = store.claim = CallStats(store.claim)  # type: ignore[method-assign]
+            stats["claim"] = store.claim_slots = CallStats(store.claim_slots)  # type: ignore[method-assign]
             stats["sync"] = store.sync = CallStats(store.sync, size=None)  # type: ignore[method-assign]
             stats["next_run_due"] = store.next_run_due = CallStats(store.next_run_due, size=None)  # type: ignore[method-assign]
             t0 = time.perf_counter()

@@ -59,3 +59,11 @@ def marks_then_sleeps(ctx: nightshift.Context) -> None:
     deadline = time.monotonic() + ctx.params.get("seconds", 30)
     while time.monotonic() < deadline and not ctx.should_stop():
         time.sleep(0.02)
+
+
+def sleeps(ctx: nightshift.Context) -> object:
+    """Sleeps params['seconds'] and appends its run id to params['out'] when it begins."""
+    with Path(ctx.params["out"]).open("a") as fh:
+        fh.write(f"{ctx.run_id}\n")
+    time.sleep(ctx.params.get("seconds", 0.3))
+    return nightshift.OK

@@ -375,3 +375,55 @@ def test_log_lines_synced_after_the_completion_are_kept_but_progress_is_fenced(
     # A run that no longer exists (its job was deleted) is simply reported lost.
     store.delete_job(job.id)
     assert store.sync("w", now, 30, [late]).lost == {run.id}
+
+
+def test_one_batch_of_completions_records_each_as_its_own(
+    store: SqlStore, clock: FakeClock
+) -> None:
+    """A worker records many outcomes in one call: each keeps its own values and extras, and a
+    fenced-out one changes nothing."""
+    now = clock.now()
+    job = store.create_job(make_job(now))
+    queued = store.create_job(make_job(now, name="queued", overlap=Overlap.QUEUE))
+    root = store.enqueue(NewRun(job_id=job.id, run_at=now), now)
+    store.claim("w", now, 30, 1, ["python"])
+    kid = store.enqueue(NewRun(job_id=job.id, run_at=now, parent_id=root.id), now)
+    lone = store.enqueue(NewRun(job_id=job.id, run_at=now), now)
+    exclusive = store.enqueue(NewRun(job_id=queued.id, run_at=now), now)
+    outsider = store.enqueue(NewRun(job_id=job.id, run_at=now), now)
+    next_in_line = store.enqueue(NewRun(job_id=queued.id, run_at=now), now)
+    claimed = {c.run.id for c in store.claim("w", now, 30, 10, ["python"])}
+    assert claimed == {kid.id, lone.id, exclusive.id, outsider.id}  # the slot holds the next
+    began = now + timedelta(seconds=1)  # a run that waited for a process records its real start
+    done_at = now + timedelta(seconds=2)
+    results = store.complete(
+        [
+            Completion(kid.id, "w", S.SUCCEEDED, done_at, result={"n": 1}, started_at=began),
+            Completion(
+                lone.id,
+                "w",
+                S.FAILED,
+                done_at,
+                error={"type": "E", "message": "m"},
+                logs=[(done_at, "ERROR", "lone failed")],
+            ),
+            Completion(exclusive.id, "w", S.SUCCEEDED, done_at, progress=100.0),
+            Completion(outsider.id, "intruder", S.SUCCEEDED, done_at),
+        ]
+    )
+    assert results == [True, True, True, False]
+    k, lo, ex, out = (store.get_run(r.id) for r in (kid, lone, exclusive, outsider))
+    assert (k.status, k.result, k.started_at, k.finished_at) == (
+        S.SUCCEEDED, {"n": 1}, began, done_at
+    )  # fmt: skip
+    assert (lo.status, lo.error["type"], lo.started_at, lo.finished_at) == (
+        S.FAILED, "E", now, done_at
+    )  # fmt: skip
+    assert [line.message for line in store.get_logs(lone.id)] == ["lone failed"]
+    assert (ex.status, ex.progress) == (S.SUCCEEDED, 100.0)
+    # the exclusive slot is free again: the next run of that job can be claimed
+    assert [c.run.id for c in store.claim("w", now, 30, 10, ["python"])] == [next_in_line.id]
+    assert (out.status, out.lease_owner) == (S.RUNNING, "w")  # fenced out: untouched
+    parent = store.get_run(root.id)
+    assert (parent.children_finished, parent.children_failed) == (1, 0)
+    assert store.complete([Completion(kid.id, "w", S.FAILED, done_at)]) == [False]  # only once

@@ -7,6 +7,7 @@ import threading
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import pairwise
 
 import pytest
 from sqlalchemy import update
@@ -287,3 +288,81 @@ async def test_queue_overlap_runs_one_after_the_other(rig, store, tmp_path) -> N
     a, b = store.get_run(first.id), store.get_run(second.id)
     assert a.status == S.SUCCEEDED
     assert b.started_at >= a.finished_at  # queued behind the first, never in parallel
+
+
+# -- runs claimed ahead of the processes (worker_prefetch) ----------------------------------
+
+
+@pytest.fixture
+async def one_process(store: SqlStore, database_url: str) -> AsyncIterator[tuple[Service, Worker]]:
+    settings = Settings(
+        database_url=database_url,
+        worker_processes=1,
+        worker_prefetch=8,
+        worker_prefetch_window_s=60,  # hold up to 8 whatever their length
+        heartbeat_s=0.1,
+        lease_s=5,
+    )
+    clock = SystemClock()
+    worker = Worker(store, clock, settings, build_executors(settings))
+    service = Service(store, clock, settings, worker.executors, on_change=worker.wake)
+    await worker.start()
+    # The worker holds runs ahead only once it knows how long they take: one run first.
+    service.run_now(py(service, "ok").id)
+    assert await worker.run_once()
+    yield service, worker
+    await worker.close(grace_s=0)
+
+
+async def test_runs_waiting_for_a_process_start_and_time_out_from_when_they_get_one(
+    one_process, store, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    service, worker = one_process
+    out = tmp_path / "began"
+    params = {"seconds": 0.3, "out": str(out)}
+    job = py(service, "sleeps", params=params, timeout_s=0.6)
+    made = [service.run_now(job.id) for _ in range(3)]
+    assert await worker.run_once()  # one claim takes all three; one process runs them in turn
+    done = sorted((store.get_run(r.id) for r in made), key=lambda r: r.started_at)
+    # Each ran to the end: the third waited ~0.6 s for the process, which would have used up
+    # its 0.6 s timeout had the clock started at the claim.
+    assert [r.status for r in done] == [S.SUCCEEDED] * 3
+    for earlier, later in pairwise(done):
+        # recorded when it really began: after the previous one's 0.3 s on the only process
+        assert later.started_at >= earlier.started_at + timedelta(seconds=0.3)
+    assert done[2].waiting_s(done[2].finished_at) >= 0.5
+    assert sorted(int(x) for x in out.read_text().split()) == sorted(r.id for r in made)
+
+
+async def test_a_stop_request_ends_a_run_still_waiting_for_a_process_unstarted(
+    one_process, store, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    service, worker = one_process
+    out = tmp_path / "began"
+    job = py(service, "sleeps", params={"seconds": 1.0, "out": str(out)})
+    first, second = service.run_now(job.id), service.run_now(job.id)
+    task = asyncio.create_task(worker.run_once())
+    await until(out.exists)
+    assert store.get_run(second.id).status == S.RUNNING  # claimed, waiting for the process
+    with store.engine.begin() as conn:  # what the stop operation writes
+        conn.execute(update(runs).where(runs.c.id == second.id).values(status="stopping"))
+    await asyncio.wait_for(task, 10)
+    assert store.get_run(second.id).status == S.STOPPED
+    assert store.get_run(first.id).status == S.SUCCEEDED
+    assert out.read_text().split() == [str(first.id)]  # the stopped one never began
+
+
+async def test_closing_returns_runs_waiting_for_a_process_to_pending_at_once(
+    one_process, store, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    service, worker = one_process
+    out = tmp_path / "began"
+    job = py(service, "sleeps", params={"seconds": 0.5, "out": str(out)})
+    made = [service.run_now(job.id) for _ in range(4)]
+    runner = asyncio.create_task(worker.run(asyncio.Event()))
+    await until(out.exists)
+    await worker.close(grace_s=5)  # the running one finishes; the waiting ones go back
+    runner.cancel()
+    statuses = sorted(str(store.get_run(r.id).status) for r in made)
+    assert statuses == ["pending", "pending", "pending", "succeeded"]
+    assert len(out.read_text().split()) == 1

@@ -57,8 +57,7 @@ def test_a_new_root_starts_after_at_most_a_few_children_of_a_big_one(serve) -> N
     before = children(runs.c.started_at < mine.created_at)
     overtook = children(runs.c.started_at >= mine.created_at, runs.c.started_at < mine.started_at)
     # Claims between created_at and the commit could not see the run yet (on a busy machine the
-    # insert can queue behind the worker's own transactions); a claim that began after the commit
-    # and still chose a child is what fair share forbids.
+    # insert can queue behind the worker's own transactions).
     after_commit = children(runs.c.started_at > visible, runs.c.started_at < mine.started_at)
     alongside = children(runs.c.started_at == mine.started_at)
     waiting = children(runs.c.status == "pending")
@@ -69,5 +68,10 @@ def test_a_new_root_starts_after_at_most_a_few_children_of_a_big_one(serve) -> N
         f"{alongside} in the same claim); it waited {done['waiting_s']:.3f} s; "
         f"{waiting} children still pending when it finished"
     )
-    assert after_commit == 0, "a claim that could see the new root chose the big root's children"
+    # Once claimed, the new root goes before every child the worker holds. Until its claim
+    # lands (the worker's next turn at the database), the processes go on with what it holds:
+    # at most worker_prefetch runs (about 50 ms of work) and one in each process's pipe, and as
+    # many again if a claim was already under way when the run was committed.
+    held = api.runtime.settings.worker_processes * 2 + api.runtime.settings.worker_prefetch
+    assert after_commit <= 2 * held, "the new root waited behind the big root's children"
     assert waiting > CHILDREN - 1000

@@ -82,6 +82,8 @@ class Completion:
         default_factory=dict
     )  # e.g. {"enabled": False, "deactivated_reason": ...}
     retry: NewRun | None = None  # the next attempt, when the policy retries
+    #: When the execution really began, if later than the claim (it waited for a slot).
+    started_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -183,6 +185,12 @@ class Store(Protocol):
         """Insert `job` (its id is ignored) and return it with its id. Raises Conflict when the
         app already has a job of that name; creates the app when missing."""
 
+    def create_jobs(self, new: Sequence[Job]) -> list[int]:
+        """Insert every job of `new` in one transaction (their ids are ignored), creating the
+        apps that are missing; return their ids in the same order. All or nothing: when a name
+        is taken — by a job of the app, or by an earlier job of `new` — raise Conflict naming
+        the first such job (`field` = `jobs[i].name`) and insert none."""
+
     def get_job(self, job_id: int) -> Job:
         """Raise NotFound when missing."""
 
@@ -269,6 +277,16 @@ class Store(Protocol):
         by `owner`: normal before low priority, then lower rank (fair share between roots), then
         oldest due. A run of a job with an exclusive slot (overlap queue / replace) is claimed
         only when it can take that slot."""
+
+    def claim_slots(
+        self,
+        owner: str,
+        now: datetime,
+        lease_s: float,
+        slots: Sequence[tuple[Sequence[str], int]],
+    ) -> list[ClaimedRun]:
+        """`claim` for several groups of kinds at once, each with its own limit (a worker's
+        process slots and its event-loop slots), in one transaction."""
 
     def sync(
         self, owner: str, now: datetime, lease_s: float, updates: Sequence[RunProgress]

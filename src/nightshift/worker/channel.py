@@ -31,9 +31,13 @@ class RunChannel:
         self.state: Any = run.state
         self._state_dirty = False
         self._stop = asyncio.Event()
+        self._on_stop: list[Callable[[], None]] = []
         self.kill_reason: str | None = None
         self.completing = False  # the outcome is being recorded
         self.exec_task: asyncio.Task[Any] | None = None
+        #: When the execution really began (a python run may first wait for a process).
+        self.started_at: datetime | None = None
+        self._deadline: asyncio.TimerHandle | None = None
 
     # -- RunIO --------------------------------------------------------------------------------
     def log(self, level: str, message: str) -> None:
@@ -52,6 +56,14 @@ class RunChannel:
     async def enqueue(self, job: str, params: JSON | None, low_priority: bool) -> int:
         return await self._enqueue(self.run, job, params, low_priority)
 
+    def started(self) -> None:
+        if self.started_at is not None:
+            return
+        self.started_at = self._clock.now()
+        if self.job.timeout_s:
+            loop = asyncio.get_running_loop()
+            self._deadline = loop.call_later(self.job.timeout_s, self.kill, "timeout")
+
     def should_stop(self) -> bool:
         return self._stop.is_set()
 
@@ -66,13 +78,31 @@ class RunChannel:
 
     def request_stop(self) -> None:
         self._stop.set()
+        callbacks, self._on_stop = self._on_stop, []
+        for callback in callbacks:
+            callback()
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once when a graceful stop is asked for (at once if it already was):
+        the python pool relays it to the child running the job without polling."""
+        if self._stop.is_set():
+            callback()
+        else:
+            self._on_stop.append(callback)
 
     def kill(self, reason: str) -> None:
         """End the execution now (timeout, force stop, replace, shutdown, lost lease)."""
-        if self.kill_reason is None:
-            self.kill_reason = reason
+        if self.kill_reason is not None:
+            return  # already on its way out
+        self.kill_reason = reason
         if self.exec_task is not None and not self.exec_task.done():
             self.exec_task.cancel()
+
+    def finished(self) -> None:
+        """The execution is over: its timeout no longer applies."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
     def drain(self) -> RunProgress:
         update = RunProgress(

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from nightshift.clock import Clock
 from nightshift.config import Settings
@@ -25,6 +27,7 @@ from nightshift.worker.executor import Executor, Outcome, Task, error_info
 from nightshift.worker.owner import is_dead, make_owner
 
 log = logging.getLogger("nightshift.worker")
+T = TypeVar("T")
 
 #: How often an idle worker looks for runs of other processes when no notifications arrive.
 POLL_S = 1.0
@@ -52,9 +55,20 @@ class Worker:
         self._inflight: dict[int, RunChannel] = {}
         self._supervisors: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        #: Groups of kinds whose last claim found nothing due: a completion does not make them
+        #: worth another claim; `wake()`, the poll and the next due run do.
+        self._dry: set[str] = set()
+        self._urgent = False  # new work was announced: claim it now, whatever the batch size
+        self._run_s: float | None = None  # recent python execution time (moving average)
         self._completions: asyncio.Queue[tuple[Completion, asyncio.Future[bool]]] = asyncio.Queue()
         self._background: list[asyncio.Task[None]] = []
         self._closing = False
+        # One thread for every store call: they queue there anyway (one writer on SQLite), and
+        # waking the same thread each time costs less than a pool's hand-offs.
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nightshift-store")
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._db, partial(fn, *args))
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -71,6 +85,9 @@ class Worker:
         rest to pending with their checkpoints."""
         self._closing = True
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        for chan in list(self._inflight.values()):
+            if chan.started_at is None:
+                chan.kill("shutdown")  # still waiting for a process: back to pending at once
         if self._supervisors:
             await asyncio.wait(set(self._supervisors), timeout=grace)
         for chan in list(self._inflight.values()):
@@ -83,21 +100,23 @@ class Worker:
         await asyncio.gather(*self._background, return_exceptions=True)
         for executor in self.executors.values():
             await executor.close()
+        self._db.shutdown(wait=False)
 
     async def recover_at_start(self) -> int:
         """Runs held by a dead predecessor on this host go back now, without waiting for leases."""
-        owners = await asyncio.to_thread(self.store.lease_owners)
+        owners = await self._call(self.store.lease_owners)
         dead = [o for o in owners if is_dead(o, self.owner)]
         now = self.clock.now()
         if dead:
-            await asyncio.to_thread(self.store.expire_leases, dead, now)
+            await self._call(self.store.expire_leases, dead, now)
             log.warning("recovering runs of %d dead worker(s): %s", len(dead), ", ".join(dead))
-        return await asyncio.to_thread(
-            self.store.recover_expired, now, self.settings.max_lost_attempts
-        )
+        return await self._call(self.store.recover_expired, now, self.settings.max_lost_attempts)
 
     # -- stepping -------------------------------------------------------------------------------
     def wake(self) -> None:
+        """New runs may be due (a local enqueue, a NOTIFY): look for every kind again."""
+        self._dry.clear()
+        self._urgent = True
         self._wake.set()
 
     async def run_once(self) -> bool:
@@ -114,14 +133,18 @@ class Worker:
         the poll interval: poll_s while notifications arrive, POLL_S otherwise. Database errors
         are logged and retried; the loop itself never ends early."""
         failures = FailureStreak(log, "claiming")
+        next_due: datetime | None = None
         while not stop.is_set() and not self._closing:
             self._wake.clear()
             try:
-                started = await self._claim_and_start()
-                failures.succeeded()
-                if started and self._free_slots():
-                    continue
-                next_due = await asyncio.to_thread(self.store.next_run_due, self.clock.now())
+                if self._free_slots():
+                    dry = set(self._dry)
+                    started = await self._claim_and_start()
+                    failures.succeeded()
+                    if started and self._free_slots():
+                        continue
+                    if self._dry - dry:  # a kind found nothing due: when will it?
+                        next_due = await self._call(self.store.next_run_due, self.clock.now())
             except Exception as exc:
                 failures.failed(exc)
                 await _wait_any(asyncio.Event(), stop, timeout=POLL_S)
@@ -130,35 +153,65 @@ class Worker:
             if next_due is not None:
                 wait = min(wait, max(0.0, (next_due - self.clock.now()).total_seconds()))
             await _wait_any(self._wake, stop, timeout=wait)
+            if not self._wake.is_set():  # the poll interval, or the next due run: look again
+                self._dry.clear()
+                next_due = None
 
     # -- claiming -------------------------------------------------------------------------------
     def _free_slots(self) -> dict[str, int]:
-        in_process = sum(1 for c in self._inflight.values() if c.job.kind in _PROCESS_KINDS)
-        in_loop = len(self._inflight) - in_process
+        """Kinds to claim, with how many. Python runs are claimed ahead of the processes (see
+        `_prefetch`; they wait in claim order for one), and only once half of that room is
+        free, a process would otherwise idle, or new work was announced: claims then come in
+        batches without keeping a new run waiting behind the ones held here."""
+        # A run whose outcome is being recorded no longer needs a process or a loop slot.
+        busy = [c for c in self._inflight.values() if not c.completing]
+        in_process = sum(1 for c in busy if c.job.kind in _PROCESS_KINDS)
+        in_loop = len(busy) - in_process
         free = {}
         process_kinds = [str(k) for k in self.executors if k in _PROCESS_KINDS]
         loop_kinds = [str(k) for k in self.executors if k not in _PROCESS_KINDS]
-        if process_kinds and self.settings.worker_processes > in_process:
-            free[",".join(process_kinds)] = self.settings.worker_processes - in_process
+        processes, prefetch = self.settings.worker_processes, self._prefetch()
+        room = processes + prefetch - in_process
+        batch = in_process < processes or 2 * room >= prefetch or self._urgent
+        if process_kinds and room > 0 and batch:
+            free[",".join(process_kinds)] = room
         if loop_kinds and self.settings.worker_concurrency > in_loop:
             free[",".join(loop_kinds)] = self.settings.worker_concurrency - in_loop
-        return free
+        return {group: n for group, n in free.items() if group not in self._dry}
+
+    def _prefetch(self) -> int:
+        """How many python runs to hold beyond the processes: about worker_prefetch_window_s of
+        their work at the recent run time, at most worker_prefetch; none before a run ended.
+        Many short runs then go in batches; long ones are not hoarded."""
+        if self._run_s is None:
+            return 0
+        work = self.settings.worker_processes * self.settings.worker_prefetch_window_s
+        return min(self.settings.worker_prefetch, int(work / max(self._run_s, 1e-4)))
+
+    def _ran(self, chan: RunChannel) -> None:
+        if chan.job.kind not in _PROCESS_KINDS or chan.started_at is None:
+            return
+        seconds = max(0.0, (self.clock.now() - chan.started_at).total_seconds())
+        self._run_s = seconds if self._run_s is None else 0.8 * self._run_s + 0.2 * seconds
 
     async def _claim_and_start(self) -> set[asyncio.Task[None]]:
         started: set[asyncio.Task[None]] = set()
-        if self._closing:
+        groups = self._free_slots()
+        if self._closing or not groups:
             return started
-        for kinds, limit in self._free_slots().items():
-            claimed = await asyncio.to_thread(
-                self.store.claim,
-                self.owner,
-                self.clock.now(),
-                self.settings.lease_s,
-                limit,
-                kinds.split(","),
-            )
-            for item in claimed:
-                started.add(self._start(item))
+        slots = [(kinds.split(","), limit) for kinds, limit in groups.items()]
+        self._urgent = False
+        claimed = await self._call(
+            self.store.claim_slots, self.owner, self.clock.now(), self.settings.lease_s, slots
+        )
+        got = {str(item.run.kind) for item in claimed}
+        for group in groups:
+            if got.isdisjoint(group.split(",")):
+                self._dry.add(group)  # nothing due: not again until a wake or the next due run
+            else:
+                self._dry.discard(group)
+        for item in claimed:
+            started.add(self._start(item))
         return started
 
     def _start(self, claimed: ClaimedRun) -> asyncio.Task[None]:
@@ -172,11 +225,16 @@ class Worker:
     # -- executing ------------------------------------------------------------------------------
     async def _supervise(self, chan: RunChannel) -> None:
         run, job = chan.run, chan.job
+        new_work = run.exclusive  # its end frees the job's slot for a queued run
         try:
             outcome = await self._execute(chan)
+            self._ran(chan)
+            if self._urgent:
+                self._wake.set()  # its process is free for the new work announced
             if chan.kill_reason in ("shutdown", "lost"):
                 return  # released below / owned by another attempt now
             completion = self._completion(chan, outcome)
+            new_work = new_work or completion.retry is not None
             chan.completing = True  # its lease ends with the completion: not "lost" after it
             future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             await self._completions.put((completion, future))
@@ -187,32 +245,42 @@ class Worker:
         finally:
             self._inflight.pop(run.id, None)
             if chan.kill_reason == "shutdown":
-                await asyncio.to_thread(
+                await self._call(
                     self.store.release, self.owner, [run.id], {run.id: chan.state}, self.clock.now()
                 )
-            self._wake.set()
+            if new_work:
+                self.wake()
+            else:
+                self._wake.set()  # a free slot: claim more of what is still due
 
     async def _execute(self, chan: RunChannel) -> Outcome:
+        """Run the executor in this task: `chan.kill` cancels it (a timeout armed when the run
+        really starts, a force stop, a lost lease, the shutdown)."""
         run, job = chan.run, chan.job
-        task = Task(run.id, job, dict(run.params), run.attempt, run.state, run.is_test)
+        order = (run.low_priority, run.rank, run.run_at, run.id)  # the claim's order
+        task = Task(run.id, job, dict(run.params), run.attempt, run.state, run.is_test, order)
         executor = self.executors[job.kind]
-        chan.exec_task = asyncio.create_task(executor.execute(task, chan))
+        current = asyncio.current_task()
+        assert current is not None
+        chan.exec_task = current
+        if not getattr(executor, "reports_start", False):
+            chan.started()
         try:
-            done, _ = await asyncio.wait({chan.exec_task}, timeout=job.timeout_s)
+            return await executor.execute(task, chan)
         except asyncio.CancelledError:
-            chan.kill("shutdown")
-            raise
-        if not done:
-            chan.kill("timeout")
-        try:
-            return await chan.exec_task
-        except asyncio.CancelledError:
+            if chan.kill_reason is None:  # cancelled from outside: the worker is going away
+                chan.kill_reason = "shutdown"
+                raise
+            current.uncancel()
             if chan.kill_reason == "timeout":
                 message = f"timed out after {job.timeout_s:g} s"
                 return Outcome("failed", error={"type": "Timeout", "message": message})
             return Outcome("stopped", state=chan.state)
         except Exception as exc:
             return Outcome("failed", error=error_info(exc), state=chan.state)
+        finally:
+            chan.exec_task = None
+            chan.finished()
 
     def _completion(self, chan: RunChannel, outcome: Outcome) -> Completion:
         run, job = chan.run, chan.job
@@ -229,6 +297,7 @@ class Worker:
             state=state,
             progress=chan.progress_value,
             logs=update.logs,
+            started_at=chan.started_at,
         )
         if chan.kill_reason == "replaced":
             completion.status, completion.reason = RunStatus.CANCELLED, "replaced"
@@ -284,7 +353,7 @@ class Worker:
     async def _enqueue_child(
         self, parent: Run, job_name: str, params: JSON | None, low_priority: bool
     ) -> int:
-        target = await asyncio.to_thread(self.store.find_job, parent.app, job_name)
+        target = await self._call(self.store.find_job, parent.app, job_name)
         if target is None:
             raise LookupError(f"no job named {job_name!r} in app {parent.app!r}")
         now = self.clock.now()
@@ -295,8 +364,8 @@ class Worker:
             low_priority=low_priority,
             parent_id=parent.id,
         )
-        child = await asyncio.to_thread(self.store.enqueue, new, now)
-        self._wake.set()
+        child = await self._call(self.store.enqueue, new, now)
+        self.wake()
         return child.id
 
     # -- background: recording and heartbeats ---------------------------------------------------
@@ -309,7 +378,7 @@ class Worker:
             failures = FailureStreak(log, f"recording {len(batch)} outcome(s)")
             while True:
                 try:
-                    results = await asyncio.to_thread(self.store.complete, [c for c, _ in batch])
+                    results = await self._call(self.store.complete, [c for c, _ in batch])
                     break
                 except Exception as exc:
                     failures.failed(exc)
@@ -332,7 +401,7 @@ class Worker:
                 if self.clock.monotonic() - last_recovery >= self.settings.lease_s / 3:
                     last_recovery = self.clock.monotonic()
                     touched = True
-                    await asyncio.to_thread(
+                    await self._call(
                         self.store.recover_expired,
                         self.clock.now(),
                         self.settings.max_lost_attempts,
@@ -350,7 +419,7 @@ class Worker:
             return
         updates = [c.drain() for c in channels]
         try:
-            result = await asyncio.to_thread(
+            result = await self._call(
                 self.store.sync, self.owner, self.clock.now(), self.settings.lease_s, updates
             )
         except Exception:
@@ -358,7 +427,11 @@ class Worker:
                 chan.restore(update)
             raise
         for run_id in result.stopping:
-            if (chan := self._inflight.get(run_id)) is not None:
+            if (chan := self._inflight.get(run_id)) is None:
+                continue
+            if chan.started_at is None:
+                chan.kill("stopped")  # still waiting for a process: it ends stopped, unstarted
+            else:
                 chan.request_stop()
         for run_id, reason in result.kill.items():
             if (chan := self._inflight.get(run_id)) is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import Row
@@ -114,8 +115,8 @@ def encode_job_changes(changes: JSON) -> JSON:
     return out
 
 
-def run_from_row(row: Row[Any]) -> Run:
-    m = row._mapping
+def run_from_row(row: Row[Any] | Mapping[str, Any]) -> Run:
+    m = row._mapping if isinstance(row, Row) else row
     return Run(
         id=m["id"],
         job_id=m["job_id"],

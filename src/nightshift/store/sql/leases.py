@@ -11,12 +11,23 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, insert, literal, select, update
+from sqlalchemy import (
+    ARRAY,
+    Connection,
+    and_,
+    any_,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 
 from nightshift.domain.models import JSON
 from nightshift.domain.status import EXECUTING, RunStatus
 from nightshift.store.base import ClaimedRun, Completion, NewRun, RunProgress, SyncResult
-from nightshift.store.sql.catalog import JOB_COLUMNS
 from nightshift.store.sql.codec import encode_job_changes, job_from_row, run_from_row
 from nightshift.store.sql.engine import Dialect, Transactions
 from nightshift.store.sql.notify import RUNS, notify
@@ -27,6 +38,57 @@ _EXECUTING = [str(s) for s in EXECUTING]
 _FINAL_FOR_PARENT = {"succeeded", "failed", "cancelled"}  # a stopped run may resume
 
 
+# Built once per dialect: claiming is the hottest path, and building statements costs more than
+# running them. On PostgreSQL a list is one array parameter (`= ANY(:ids)`), so the statement's
+# text is the same whatever the batch size and the server reuses its prepared plan.
+def _one_of(column: Any, name: str, pg: bool) -> Any:
+    if pg:
+        return column == any_(bindparam(name, type_=ARRAY(column.type)))
+    return column.in_(bindparam(name, expanding=True))
+
+
+class _Statements:
+    def __init__(self, pg: bool) -> None:
+        now = bindparam("now", type_=runs.c.run_at.type)
+        candidates = (
+            select(runs.c.id, runs.c.job_id, runs.c.exclusive)
+            .where(runs.c.status == "pending", runs.c.run_at <= now)
+            .where(_one_of(runs.c.kind, "kinds", pg))
+            .order_by(runs.c.low_priority, runs.c.rank, runs.c.run_at, runs.c.id)
+            .limit(bindparam("n"))
+        )
+        if pg:
+            # NO KEY UPDATE: workers exclude each other, not a transaction adding log lines.
+            candidates = candidates.with_for_update(skip_locked=True, key_share=True)
+        self.candidates = candidates
+        self.take = (
+            update(runs)
+            .where(_one_of(runs.c.id, "ids", pg))
+            .values(
+                status="running",
+                started_at=bindparam("now", type_=runs.c.started_at.type),
+                lease_owner=bindparam("owner"),
+                lease_expires_at=bindparam("expires", type_=runs.c.lease_expires_at.type),
+            )
+            .returning(*runs.c)
+        )
+        self.jobs = select(jobs).where(_one_of(jobs.c.id, "ids", pg))
+        held = (
+            select(runs.c.id, runs.c.job_id, runs.c.parent_id, runs.c.exclusive)
+            .where(_one_of(runs.c.id, "ids", pg), runs.c.lease_owner == bindparam("owner"))
+            .where(runs.c.status.in_(_EXECUTING))
+            .order_by(runs.c.id)  # one lock order for every writer: no deadlock between them
+        )
+        self.held = held.with_for_update(key_share=True) if pg else held
+
+
+_STATEMENTS = {pg: _Statements(pg) for pg in (False, True)}
+
+
+def _statements(conn: Connection) -> _Statements:
+    return _STATEMENTS[conn.dialect.name == "postgresql"]
+
+
 class LeaseStore:
     _tx: Transactions
     _dialect: Dialect
@@ -34,39 +96,39 @@ class LeaseStore:
     def claim(
         self, owner: str, now: datetime, lease_s: float, limit: int, kinds: Iterable[str]
     ) -> list[ClaimedRun]:
-        candidates = (
-            select(runs.c.id, runs.c.job_id, runs.c.exclusive)
-            .where(runs.c.status == "pending", runs.c.run_at <= now, runs.c.kind.in_(list(kinds)))
-            .order_by(runs.c.low_priority, runs.c.rank, runs.c.run_at, runs.c.id)
-            .limit(limit)
-        )
-        if self._dialect.skip_locked:
-            # NO KEY UPDATE: workers exclude each other, not a transaction adding log lines.
-            candidates = candidates.with_for_update(skip_locked=True, key_share=True)
+        return self.claim_slots(owner, now, lease_s, [(list(kinds), limit)])
+
+    def claim_slots(
+        self,
+        owner: str,
+        now: datetime,
+        lease_s: float,
+        slots: Sequence[tuple[Sequence[str], int]],
+    ) -> list[ClaimedRun]:
         expires = now + timedelta(seconds=lease_s)
         with self._tx.write() as conn:
             chosen: list[int] = []
-            for row in conn.execute(candidates).all():
-                if row.exclusive and not _take_slot(conn, row.job_id, row.id):
-                    continue
-                chosen.append(row.id)
+            sql = _statements(conn)
+            for kinds, limit in slots:
+                params = {"now": now, "kinds": list(kinds), "n": limit}
+                for row in conn.execute(sql.candidates, params):
+                    if row.exclusive and not _take_slot(conn, row.job_id, row.id):
+                        continue
+                    chosen.append(row.id)
             if not chosen:
                 return []
-            conn.execute(
-                update(runs)
-                .where(runs.c.id.in_(chosen))
-                .values(
-                    status="running", started_at=now, lease_owner=owner, lease_expires_at=expires
-                )
-            )
             # The batch comes back in two statements whatever its size, in the order chosen.
-            rows = conn.execute(run_query().where(runs.c.id.in_(chosen)))
-            by_run = {r.id: r for r in map(run_from_row, rows)}
-            job_rows = conn.execute(
-                select(*JOB_COLUMNS).where(jobs.c.id.in_({r.job_id for r in by_run.values()}))
-            )
-            by_job = {j.id: j for j in map(job_from_row, job_rows)}
-            return [ClaimedRun(run=by_run[i], job=by_job[by_run[i].job_id]) for i in chosen]
+            taken = {"ids": chosen, "owner": owner, "now": now, "expires": expires}
+            by_run = {r.id: r for r in conn.execute(sql.take, taken)}
+            job_ids = list({r.job_id for r in by_run.values()})
+            by_job = {j.id: job_from_row(j) for j in conn.execute(sql.jobs, {"ids": job_ids})}
+        claimed = []
+        for run_id in chosen:
+            row = by_run[run_id]
+            job = by_job[row.job_id]
+            run = run_from_row({**row._mapping, "job_name": job.name})
+            claimed.append(ClaimedRun(run=run, job=job))
+        return claimed
 
     def sync(
         self, owner: str, now: datetime, lease_s: float, updates: Sequence[RunProgress]
@@ -111,11 +173,8 @@ class LeaseStore:
             return result
 
     def complete(self, completions: Sequence[Completion]) -> list[bool]:
-        done: list[bool] = []
         with self._tx.write() as conn:
-            for c in completions:
-                done.append(_complete_one(conn, c))
-        return done
+            return _complete_many(conn, completions)
 
     def release(
         self,
@@ -163,6 +222,7 @@ class LeaseStore:
             query = query.with_for_update(skip_locked=True, key_share=True, of=runs)
         with self._tx.write() as conn:
             expired = [run_from_row(r) for r in conn.execute(query)]
+            outcomes: list[Completion] = []
             for run in expired:
                 lost = {"type": "WorkerLost", "message": "worker lost: its lease expired"}
                 if run.status == RunStatus.STOPPING:
@@ -186,8 +246,7 @@ class LeaseStore:
                 else:
                     status, retry = "failed", None
                     lost["message"] = f"worker lost {max_lost} times in a row"
-                _complete_one(
-                    conn,
+                outcomes.append(
                     Completion(
                         run_id=run.id,
                         owner=run.lease_owner or "",
@@ -198,9 +257,9 @@ class LeaseStore:
                         progress=run.progress,
                         reason="worker lost",
                         retry=retry,
-                    ),
-                    keep_state=True,
+                    )
                 )
+            _complete_many(conn, outcomes, keep_state=True)
             return len(expired)
 
     def expire_leases(self, owners: Iterable[str], now: datetime) -> int:
@@ -263,51 +322,105 @@ def _insert_logs(conn: Connection, run_id: int, logs: Sequence[tuple[datetime, s
         )
 
 
-def _complete_one(conn: Connection, c: Completion, *, keep_state: bool = False) -> bool:
-    values: JSON = {
-        "status": str(c.status),
-        "finished_at": c.finished_at,
-        "result": c.result,
-        "error": c.error,
+#: One statement for every completion of a batch (an executemany): the per-run values are bound,
+#: and a value the completion leaves out (None) keeps the column as it is.
+def _completion_update(keep_state: bool) -> Any:
+    def bound(name: str, column: Any) -> Any:
+        return bindparam(f"c_{name}", type_=column.type)
+
+    def kept(name: str, column: Any) -> Any:
+        return func.coalesce(bound(name, column), column)
+
+    values: dict[str, Any] = {
+        "status": bound("status", runs.c.status),
+        "started_at": kept("started_at", runs.c.started_at),
+        "finished_at": bound("finished_at", runs.c.finished_at),
+        "result": bound("result", runs.c.result),
+        "error": bound("error", runs.c.error),
+        "progress": kept("progress", runs.c.progress),
+        "reason": kept("reason", runs.c.reason),
         "lease_owner": None,
         "lease_expires_at": None,
         "kill_requested": False,
     }
-    if c.state is not None or not keep_state:
-        values["state"] = c.state
-    if c.progress is not None:
-        values["progress"] = c.progress
-    if c.reason is not None:
-        values["reason"] = c.reason
-    row = conn.execute(
-        update(runs)
-        .where(runs.c.id == c.run_id, runs.c.lease_owner == c.owner)
-        .where(runs.c.status.in_(_EXECUTING))
-        .values(values)
-        .returning(runs.c.job_id, runs.c.parent_id, runs.c.exclusive)
-    ).first()
-    if row is None:
-        return False  # fenced out: another attempt owns this fire now
-    _insert_logs(conn, c.run_id, c.logs)
-    if row.exclusive:
-        _free_slot(conn, row.job_id, c.run_id)
-    if row.exclusive or c.retry is not None:
-        notify(conn, RUNS)  # a queued run may take the freed slot; a retry waits to be claimed
-    if c.job_changes:
-        conn.execute(
-            update(jobs).where(jobs.c.id == row.job_id).values(encode_job_changes(c.job_changes))
-        )
-    if c.retry is not None:
-        job_row = conn.execute(select(jobs).where(jobs.c.id == row.job_id)).one()
-        insert_run(conn, c.retry, job_row._mapping, c.finished_at)
-    elif row.parent_id is not None and str(c.status) in _FINAL_FOR_PARENT:
-        failed = 1 if c.status == RunStatus.FAILED else 0
+    values["state"] = kept("state", runs.c.state) if keep_state else bound("state", runs.c.state)
+    return update(runs).where(runs.c.id == bindparam("c_id")).values(values)
+
+
+_UPDATES = {keep: _completion_update(keep) for keep in (False, True)}
+
+
+def _complete_many(
+    conn: Connection, completions: Sequence[Completion], *, keep_state: bool = False
+) -> list[bool]:
+    """Record a batch of outcomes in a few statements whatever its size: lock the rows still
+    held by their owners, one executemany UPDATE, one INSERT of all log lines, then only the
+    extras some runs need (a freed exclusive slot, a retry, job changes, a parent's counters).
+    Returns, per completion, whether it was recorded (False: fenced out)."""
+    if not completions:
+        return []
+    held: dict[int, Any] = {}
+    for owner in {c.owner for c in completions}:
+        ids = [c.run_id for c in completions if c.owner == owner]
+        rows = conn.execute(_statements(conn).held, {"ids": ids, "owner": owner})
+        held.update((row.id, row) for row in rows)
+    mine = [c for c in completions if c.run_id in held]
+    if not mine:
+        return [False] * len(completions)
+    conn.execute(
+        _UPDATES[keep_state],
+        [
+            {
+                "c_id": c.run_id,
+                "c_status": str(c.status),
+                "c_started_at": c.started_at,
+                "c_finished_at": c.finished_at,
+                "c_result": c.result,
+                "c_error": c.error,
+                "c_state": c.state,
+                "c_progress": c.progress,
+                "c_reason": c.reason,
+            }
+            for c in mine
+        ],
+    )
+    lines = [
+        {"run_id": c.run_id, "at": at, "level": level, "message": message}
+        for c in mine
+        for at, level, message in c.logs
+    ]
+    if lines:
+        conn.execute(insert(run_logs), lines)
+    parents: dict[int, list[int]] = {}
+    wake = False
+    for c in mine:
+        row = held[c.run_id]
+        if row.exclusive:
+            _free_slot(conn, row.job_id, c.run_id)
+            wake = True  # a queued run may take the freed slot
+        if c.job_changes:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == row.job_id)
+                .values(encode_job_changes(c.job_changes))
+            )
+        if c.retry is not None:
+            job_row = conn.execute(select(jobs).where(jobs.c.id == row.job_id)).one()
+            insert_run(conn, c.retry, job_row._mapping, c.finished_at)
+            wake = True  # a retry waits to be claimed
+        elif row.parent_id is not None and str(c.status) in _FINAL_FOR_PARENT:
+            counts = parents.setdefault(row.parent_id, [0, 0])
+            counts[0] += 1
+            counts[1] += 1 if c.status == RunStatus.FAILED else 0
+    for parent_id, (finished, failed) in sorted(parents.items()):
         conn.execute(
             update(runs)
-            .where(runs.c.id == row.parent_id)
+            .where(runs.c.id == parent_id)
             .values(
-                children_finished=runs.c.children_finished + 1,
+                children_finished=runs.c.children_finished + finished,
                 children_failed=runs.c.children_failed + failed,
             )
         )
-    return True
+    if wake:
+        notify(conn, RUNS)
+    return [c.run_id in held for c in completions]

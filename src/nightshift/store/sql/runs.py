@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, func, insert, or_, select, update
 
 from nightshift.domain.models import Job, LogLine, Overlap, Run
 from nightshift.errors import NotFound
@@ -25,17 +25,24 @@ def run_query():  # type: ignore[no-untyped-def]
     return select(*RUN_COLUMNS).join(jobs, jobs.c.id == runs.c.job_id)
 
 
+# Built once: enqueueing is a hot path, and building statements costs more than running them.
+_JOB_OF_RUN = select(jobs.c.app, jobs.c.kind, jobs.c.overlap, jobs.c.name).where(
+    jobs.c.id == bindparam("job_id")
+)
+_INSERT_RUN = insert(runs).returning(*runs.c)
+
+
 class RunStore:
     _tx: Transactions
 
     def enqueue(self, new: NewRun, now: datetime) -> Run:
         with self._tx.write() as conn:
-            job_row = conn.execute(select(jobs).where(jobs.c.id == new.job_id)).first()
+            job_row = conn.execute(_JOB_OF_RUN, {"job_id": new.job_id}).first()
             if job_row is None:
                 raise NotFound("job", new.job_id)
-            run_id = insert_run(conn, new, job_row._mapping, now)
+            row = _insert_run_row(conn, new, job_row._mapping, now)
             notify(conn, RUNS)
-            return get_run(conn, run_id)
+        return run_from_row({**row._mapping, "job_name": job_row.name})
 
     def get_run(self, run_id: int) -> Run:
         with self._tx.read() as conn:
@@ -124,6 +131,10 @@ def get_run(conn: Connection, run_id: int) -> Run:
 
 def insert_run(conn: Connection, new: NewRun, job: Any, now: datetime) -> int:
     """Insert one run of `job` (a row mapping of jobs); children update their parent and root."""
+    return int(_insert_run_row(conn, new, job, now).id)
+
+
+def _insert_run_row(conn: Connection, new: NewRun, job: Any, now: datetime) -> Any:
     root_id: int | None = None
     rank = 0
     if new.parent_id is not None:
@@ -147,7 +158,7 @@ def insert_run(conn: Connection, new: NewRun, job: Any, now: datetime) -> int:
             )
     values = run_values(new, job, now)
     values.update(root_id=root_id, rank=rank)
-    return conn.execute(insert(runs).values(values).returning(runs.c.id)).scalar_one()
+    return conn.execute(_INSERT_RUN, values).one()
 
 
 def run_values(new: NewRun, job: Any, now: datetime) -> dict[str, Any]:
