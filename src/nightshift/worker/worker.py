@@ -395,7 +395,9 @@ class Worker:
         while True:
             await self.clock.sleep(self.settings.heartbeat_s)
             # Only a beat that reached the database ends a failure streak.
-            touched = any(c.kill_reason is None for c in self._inflight.values())
+            touched = any(
+                c.kill_reason is None and not c.completing for c in self._inflight.values()
+            )
             try:
                 await self.sync()
                 if self.clock.monotonic() - last_recovery >= self.settings.lease_s / 3:
@@ -414,7 +416,11 @@ class Worker:
 
     async def sync(self) -> None:
         """Renew leases, write progress and logs, and act on stop / kill requests."""
-        channels = [c for c in self._inflight.values() if c.kill_reason is None]
+        # A run whose outcome is being recorded is the completer's: renewing it too would only
+        # report it lost once recorded, and on PostgreSQL lock its row against the completion.
+        channels = [
+            c for c in self._inflight.values() if c.kill_reason is None and not c.completing
+        ]
         if not channels:
             return
         updates = [c.drain() for c in channels]
