@@ -91,6 +91,12 @@ class Job:
     active_runs: int = 0  # filled by the scheduler's due query only
 
 
+#: The order in which due runs are taken (smaller first): normal before low priority, then
+#: fair share between roots (rank), then oldest due. The store's claim query and the python
+#: pool's waiting line both follow it.
+CLAIM_ORDER = ("low_priority", "rank", "run_at", "id")
+
+
 @dataclass(slots=True)
 class Run:
     id: int
@@ -127,6 +133,10 @@ class Run:
     children_finished: int = 0
     children_failed: int = 0
     job_name: str | None = None
+
+    @property
+    def claim_order(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in CLAIM_ORDER)
 
     def waiting_s(self, now: datetime) -> float | None:
         """Created to started (seed 002); grows while the run is pending, None if it never ran."""

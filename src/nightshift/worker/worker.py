@@ -257,8 +257,9 @@ class Worker:
         """Run the executor in this task: `chan.kill` cancels it (a timeout armed when the run
         really starts, a force stop, a lost lease, the shutdown)."""
         run, job = chan.run, chan.job
-        order = (run.low_priority, run.rank, run.run_at, run.id)  # the claim's order
-        task = Task(run.id, job, dict(run.params), run.attempt, run.state, run.is_test, order)
+        task = Task(
+            run.id, job, dict(run.params), run.attempt, run.state, run.is_test, run.claim_order
+        )
         executor = self.executors[job.kind]
         current = asyncio.current_task()
         assert current is not None

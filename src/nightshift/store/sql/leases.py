@@ -25,7 +25,7 @@ from sqlalchemy import (
     update,
 )
 
-from nightshift.domain.models import JSON
+from nightshift.domain.models import CLAIM_ORDER, JSON
 from nightshift.domain.status import EXECUTING, RunStatus
 from nightshift.store.base import ClaimedRun, Completion, NewRun, RunProgress, SyncResult
 from nightshift.store.sql.codec import encode_job_changes, job_from_row, run_from_row
@@ -54,7 +54,7 @@ class _Statements:
             select(runs.c.id, runs.c.job_id, runs.c.exclusive)
             .where(runs.c.status == "pending", runs.c.run_at <= now)
             .where(_one_of(runs.c.kind, "kinds", pg))
-            .order_by(runs.c.low_priority, runs.c.rank, runs.c.run_at, runs.c.id)
+            .order_by(*(runs.c[name] for name in CLAIM_ORDER))
             .limit(bindparam("n"))
         )
         if pg:
