@@ -85,7 +85,7 @@ def test_a_scheduler_killed_inside_its_fire_transaction_leaves_neither_run_nor_t
             timeout=30,
             what="the scheduler blocks inside its fire transaction",
         )
-        assert waiting[0][1].lstrip().upper().startswith("INSERT INTO RUNS")
+        assert waiting[0][1].lstrip().upper().startswith("INSERT INTO RUNS"), waiting
         doomed.signal(signal.SIGKILL)
         doomed.wait()
     finally:

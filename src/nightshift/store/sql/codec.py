@@ -32,8 +32,8 @@ def app_from_row(row: Row[Any]) -> App:
     )
 
 
-def job_from_row(row: Row[Any]) -> Job:
-    m = row._mapping
+def job_from_row(row: Row[Any] | Mapping[str, Any]) -> Job:
+    m = row._mapping if isinstance(row, Row) else row
     retries = m["retries"] or {}
     return Job(
         id=m["id"],

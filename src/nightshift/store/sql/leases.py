@@ -12,10 +12,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    ARRAY,
     Connection,
     and_,
-    any_,
     bindparam,
     case,
     func,
@@ -24,6 +22,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import Dialect as SaDialect
 
 from nightshift.domain.models import CLAIM_ORDER, JSON
 from nightshift.domain.status import EXECUTING, RunStatus
@@ -31,6 +30,7 @@ from nightshift.store.base import ClaimedRun, Completion, NewRun, RunProgress, S
 from nightshift.store.sql.codec import encode_job_changes, job_from_row, run_from_row
 from nightshift.store.sql.engine import Dialect, Transactions
 from nightshift.store.sql.notify import RUNS, notify
+from nightshift.store.sql.prepared import Prepared, one_of
 from nightshift.store.sql.runs import insert_run, run_query
 from nightshift.store.tables import jobs, run_logs, runs
 
@@ -38,32 +38,34 @@ _EXECUTING = [str(s) for s in EXECUTING]
 _FINAL_FOR_PARENT = {"succeeded", "failed", "cancelled"}  # a stopped run may resume
 
 
-# Built once per dialect: claiming is the hottest path, and building statements costs more than
-# running them. On PostgreSQL a list is one array parameter (`= ANY(:ids)`), so the statement's
-# text is the same whatever the batch size and the server reuses its prepared plan.
-def _one_of(column: Any, name: str, pg: bool) -> Any:
-    if pg:
-        return column == any_(bindparam(name, type_=ARRAY(column.type)))
-    return column.in_(bindparam(name, expanding=True))
-
-
+# Compiled once per dialect and run on the driver (see prepared.py): claiming and completing
+# are the hottest paths, and SQLAlchemy's per-statement machinery costs more than running them.
 class _Statements:
-    def __init__(self, pg: bool) -> None:
+    def __init__(self, dialect: SaDialect) -> None:
+        name = dialect.name
         now = bindparam("now", type_=runs.c.run_at.type)
         candidates = (
             select(runs.c.id, runs.c.job_id, runs.c.exclusive)
             .where(runs.c.status == "pending", runs.c.run_at <= now)
-            .where(_one_of(runs.c.kind, "kinds", pg))
-            .order_by(*(runs.c[name] for name in CLAIM_ORDER))
+            .where(one_of(runs.c.kind, "kinds", name))
+            .order_by(*(runs.c[column] for column in CLAIM_ORDER))
             .limit(bindparam("n"))
         )
-        if pg:
+        held = (
+            select(runs.c.id, runs.c.job_id, runs.c.parent_id, runs.c.exclusive)
+            .where(one_of(runs.c.id, "ids", name), runs.c.lease_owner == bindparam("owner"))
+            .where(one_of(runs.c.status, "executing", name, _EXECUTING))
+            .order_by(runs.c.id)  # one lock order for every writer: no deadlock between them
+        )
+        if name == "postgresql":
             # NO KEY UPDATE: workers exclude each other, not a transaction adding log lines.
             candidates = candidates.with_for_update(skip_locked=True, key_share=True)
-        self.candidates = candidates
-        self.take = (
+            held = held.with_for_update(key_share=True)
+        self.candidates = Prepared(candidates, dialect)
+        self.held = Prepared(held, dialect)
+        take = (
             update(runs)
-            .where(_one_of(runs.c.id, "ids", pg))
+            .where(one_of(runs.c.id, "ids", name))
             .values(
                 status="running",
                 started_at=bindparam("now", type_=runs.c.started_at.type),
@@ -72,21 +74,21 @@ class _Statements:
             )
             .returning(*runs.c)
         )
-        self.jobs = select(jobs).where(_one_of(jobs.c.id, "ids", pg))
-        held = (
-            select(runs.c.id, runs.c.job_id, runs.c.parent_id, runs.c.exclusive)
-            .where(_one_of(runs.c.id, "ids", pg), runs.c.lease_owner == bindparam("owner"))
-            .where(runs.c.status.in_(_EXECUTING))
-            .order_by(runs.c.id)  # one lock order for every writer: no deadlock between them
-        )
-        self.held = held.with_for_update(key_share=True) if pg else held
+        self.take = Prepared(take, dialect)
+        self.jobs = Prepared(select(jobs).where(one_of(jobs.c.id, "ids", name)), dialect)
+        self.complete = {
+            keep: Prepared(_completion_update(keep), dialect) for keep in (False, True)
+        }
 
 
-_STATEMENTS = {pg: _Statements(pg) for pg in (False, True)}
+_STATEMENTS: dict[str, _Statements] = {}
 
 
 def _statements(conn: Connection) -> _Statements:
-    return _STATEMENTS[conn.dialect.name == "postgresql"]
+    statements = _STATEMENTS.get(conn.dialect.name)
+    if statements is None:  # built on first use, with the engine's own dialect
+        statements = _STATEMENTS[conn.dialect.name] = _Statements(conn.dialect)
+    return statements
 
 
 class LeaseStore:
@@ -111,22 +113,23 @@ class LeaseStore:
             sql = _statements(conn)
             for kinds, limit in slots:
                 params = {"now": now, "kinds": list(kinds), "n": limit}
-                for row in conn.execute(sql.candidates, params):
-                    if row.exclusive and not _take_slot(conn, row.job_id, row.id):
+                for row in sql.candidates.rows(conn, params):
+                    if row["exclusive"] and not _take_slot(conn, row["job_id"], row["id"]):
                         continue
-                    chosen.append(row.id)
+                    chosen.append(row["id"])
             if not chosen:
                 return []
             # The batch comes back in two statements whatever its size, in the order chosen.
             taken = {"ids": chosen, "owner": owner, "now": now, "expires": expires}
-            by_run = {r.id: r for r in conn.execute(sql.take, taken)}
-            job_ids = list({r.job_id for r in by_run.values()})
-            by_job = {j.id: job_from_row(j) for j in conn.execute(sql.jobs, {"ids": job_ids})}
+            by_run = {r["id"]: r for r in sql.take.rows(conn, taken)}
+            job_ids = list({r["job_id"] for r in by_run.values()})
+            by_job = {j["id"]: job_from_row(j) for j in sql.jobs.rows(conn, {"ids": job_ids})}
         claimed = []
         for run_id in chosen:
             row = by_run[run_id]
-            job = by_job[row.job_id]
-            run = run_from_row({**row._mapping, "job_name": job.name})
+            job = by_job[row["job_id"]]
+            row["job_name"] = job.name
+            run = run_from_row(row)
             claimed.append(ClaimedRun(run=run, job=job))
         return claimed
 
@@ -347,9 +350,6 @@ def _completion_update(keep_state: bool) -> Any:
     return update(runs).where(runs.c.id == bindparam("c_id")).values(values)
 
 
-_UPDATES = {keep: _completion_update(keep) for keep in (False, True)}
-
-
 def _complete_many(
     conn: Connection, completions: Sequence[Completion], *, keep_state: bool = False
 ) -> list[bool]:
@@ -359,16 +359,17 @@ def _complete_many(
     Returns, per completion, whether it was recorded (False: fenced out)."""
     if not completions:
         return []
+    sql = _statements(conn)
     held: dict[int, Any] = {}
     for owner in {c.owner for c in completions}:
         ids = [c.run_id for c in completions if c.owner == owner]
-        rows = conn.execute(_statements(conn).held, {"ids": ids, "owner": owner})
-        held.update((row.id, row) for row in rows)
+        rows = sql.held.rows(conn, {"ids": ids, "owner": owner})
+        held.update((row["id"], row) for row in rows)
     mine = [c for c in completions if c.run_id in held]
     if not mine:
         return [False] * len(completions)
-    conn.execute(
-        _UPDATES[keep_state],
+    sql.complete[keep_state].many(
+        conn,
         [
             {
                 "c_id": c.run_id,
@@ -395,21 +396,21 @@ def _complete_many(
     wake = False
     for c in mine:
         row = held[c.run_id]
-        if row.exclusive:
-            _free_slot(conn, row.job_id, c.run_id)
+        if row["exclusive"]:
+            _free_slot(conn, row["job_id"], c.run_id)
             wake = True  # a queued run may take the freed slot
         if c.job_changes:
             conn.execute(
                 update(jobs)
-                .where(jobs.c.id == row.job_id)
+                .where(jobs.c.id == row["job_id"])
                 .values(encode_job_changes(c.job_changes))
             )
         if c.retry is not None:
-            job_row = conn.execute(select(jobs).where(jobs.c.id == row.job_id)).one()
+            job_row = conn.execute(select(jobs).where(jobs.c.id == row["job_id"])).one()
             insert_run(conn, c.retry, job_row._mapping, c.finished_at)
             wake = True  # a retry waits to be claimed
-        elif row.parent_id is not None and str(c.status) in _FINAL_FOR_PARENT:
-            counts = parents.setdefault(row.parent_id, [0, 0])
+        elif row["parent_id"] is not None and str(c.status) in _FINAL_FOR_PARENT:
+            counts = parents.setdefault(row["parent_id"], [0, 0])
             counts[0] += 1
             counts[1] += 1 if c.status == RunStatus.FAILED else 0
     for parent_id, (finished, failed) in sorted(parents.items()):

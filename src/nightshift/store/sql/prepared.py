@@ -1,0 +1,137 @@
+"""Core statements compiled once per dialect and executed on the driver's cursor.
+
+For the statements every run goes through (claim, complete), SQLAlchemy's per-execution
+machinery (parameter construction, result proxies, row objects) costs more than SQLite's own
+work and as much as a PostgreSQL round trip (bench/PROFILE.md). A `Prepared` keeps SQLAlchemy
+as the one definition of the statement and of every value's encoding: the text is compiled
+once, and each value goes through its column type's own bind and result processors, so a
+row reads and writes exactly as through `Connection.execute`. Driver errors are raised as
+SQLAlchemy's exceptions, and a connection the error shows is dead is invalidated, as
+`Connection.execute` does.
+
+Statements must compile to a fixed text: lists are one parameter (an array on PostgreSQL,
+`json_each` on SQLite, see `one_of`), never an expanding IN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import ARRAY, JSON, Connection, any_, bindparam, exc, func, select
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.base import Executable
+
+Processor = Callable[[Any], Any] | None
+_REQUIRED = object()
+
+
+def one_of(column: Any, name: str, dialect: str, value: Any = _REQUIRED) -> Any:
+    """`column IN (:name)` with the list as one parameter, so the statement's text is the same
+    whatever the list's length (and PostgreSQL reuses its prepared plan)."""
+    kwargs = {} if value is _REQUIRED else {"value": list(value)}
+    if dialect == "postgresql":
+        return column == any_(bindparam(name, type_=ARRAY(column.type), **kwargs))
+    each = func.json_each(bindparam(name, type_=JSON, **kwargs)).table_valued("value")
+    return column.in_(select(each.c.value))
+
+
+class Prepared:
+    """One statement for one dialect: `rows()` runs it and returns its rows as dicts keyed
+    by column key; `many()` runs it once per parameter set (the driver's executemany)."""
+
+    def __init__(self, statement: Executable, dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql = compiled.string
+        if "POSTCOMPILE" in self.sql:
+            raise ValueError("a prepared statement cannot hold an expanding IN: use one_of()")
+        by_name = {name: bind for bind, name in compiled.bind_names.items()}
+        names = list(compiled.positiontup or ()) if compiled.positional else list(by_name)
+        self._positional = compiled.positional
+        # (name, fixed value or _REQUIRED, processor): values given at execution override.
+        self._binds: list[tuple[str, Any, Processor]] = []
+        for name in names:
+            bind = by_name[name]
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            fixed = _REQUIRED
+            if not bind.required and bind.callable is None:  # a literal of the statement
+                fixed = process(bind.value) if process else bind.value
+            self._binds.append((name, fixed, process))
+        self._dialect = dialect
+        self._columns = list(getattr(statement, "exported_columns", ()))
+        self._keys = [column.key for column in self._columns]
+        self._results: list[tuple[int, Processor]] | None = None  # from the first result
+
+    def _encode(self, params: Mapping[str, Any]) -> Any:
+        values = []
+        for name, fixed, process in self._binds:
+            if fixed is not _REQUIRED and name not in params:
+                values.append(fixed)
+                continue
+            value = params[name]
+            values.append(process(value) if process is not None else value)
+        if self._positional:
+            return tuple(values)
+        return dict(zip((b[0] for b in self._binds), values, strict=True))
+
+    def _result_processors(self, description: Sequence[Any]) -> list[tuple[int, Processor]]:
+        """Each column's result processor, for the type the driver reports (as SQLAlchemy
+        picks them: some depend on it, e.g. PostgreSQL's numeric types)."""
+        dialect = self._dialect
+        return [
+            (i, p)
+            for i, column in enumerate(self._columns)
+            if (p := column.type.dialect_impl(dialect).result_processor(dialect, description[i][1]))
+        ]
+
+    def _decode(self, row: Sequence[Any]) -> dict[str, Any]:
+        values = list(row)
+        for i, process in self._results or ():
+            values[i] = process(values[i])
+        return dict(zip(self._keys, values, strict=True))
+
+    def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        encoded = self._encode(params)
+        with _cursor(conn, self.sql, encoded) as cursor:
+            cursor.execute(self.sql, encoded)
+            if not self._keys:
+                return []
+            if self._results is None:
+                self._results = self._result_processors(cursor.description)
+            return [self._decode(row) for row in cursor.fetchall()]
+
+    def many(self, conn: Connection, params: Sequence[Mapping[str, Any]]) -> None:
+        if not params:
+            return
+        encoded = [self._encode(p) for p in params]
+        with _cursor(conn, self.sql, encoded) as cursor:
+            cursor.executemany(self.sql, encoded)
+
+
+@contextmanager
+def _cursor(conn: Connection, sql: str, params: Any) -> Iterator[Any]:
+    """A cursor on the connection's current transaction; a driver error leaves it as
+    SQLAlchemy's exception (the connection invalidated when the error says it is gone)."""
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    dialect = conn.dialect
+    cursor = dbapi.cursor()
+    try:
+        yield cursor
+    except dialect.loaded_dbapi.Error as error:
+        gone = dialect.is_disconnect(error, dbapi, cursor)  # type: ignore[arg-type]
+        if gone:
+            conn.invalidate(error)
+        raise exc.DBAPIError.instance(
+            sql,
+            params,
+            error,
+            dialect.loaded_dbapi.Error,
+            connection_invalidated=gone,
+            dialect=dialect,
+        ) from error
+    finally:
+        with contextlib.suppress(Exception):
+            cursor.close()

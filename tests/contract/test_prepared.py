@@ -1,0 +1,104 @@
+"""Statements run on the driver (store/sql/prepared.py) read and write exactly as
+`Connection.execute` does, and fail as it does."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import bindparam, exc, insert, select, update
+
+from nightshift.clock import FakeClock
+from nightshift.store import SqlStore
+from nightshift.store.base import Completion, NewRun
+from nightshift.store.sql.prepared import Prepared, one_of
+from nightshift.store.tables import apps, jobs, runs
+from tests.factories import make_job
+
+
+def test_claimed_runs_and_jobs_read_as_through_sqlalchemy(
+    store: SqlStore, clock: FakeClock
+) -> None:
+    now = clock.now()
+    job = store.create_job(
+        make_job(now, config={"function": "m:f", "nested": {"a": [1, 2.5, None]}}, timeout_s=1.5)
+    )
+    run = store.enqueue(
+        NewRun(job_id=job.id, run_at=now, params={"x": 1, "y": "é"}, state={"s": [1]}), now
+    )
+    (claimed,) = store.claim("w1", now, 30, 10, ["python"])
+    # Every field of the run and the job the worker gets equals the store's own read of them.
+    assert claimed.run == store.get_run(run.id)
+    # (last_run_id is not a column: the catalog computes it; a claim does not need it.)
+    assert claimed.job == replace(store.get_job(job.id), last_run_id=None)
+    assert claimed.run.params == {"x": 1, "y": "é"}
+    assert claimed.run.started_at == now
+    assert claimed.run.lease_expires_at == now + timedelta(seconds=30)
+    assert claimed.job.timeout_s == 1.5
+
+    done = Completion(
+        run_id=run.id,
+        owner="w1",
+        status="succeeded",  # type: ignore[arg-type]
+        finished_at=now + timedelta(seconds=2),
+        result={"ok": True, "n": 2.5},
+        state={"s": [2]},
+        progress=1.0,
+    )
+    assert store.complete([done]) == [True]
+    after = store.get_run(run.id)
+    assert after is not None
+    assert (after.status, after.result, after.state) == (
+        "succeeded",
+        {"ok": True, "n": 2.5},
+        {"s": [2]},
+    )
+    assert after.finished_at == now + timedelta(seconds=2)
+    assert after.started_at == now  # kept: the completion left it out
+    assert after.lease_owner is None
+
+
+def test_fixed_values_lists_and_named_parameters(store: SqlStore, clock: FakeClock) -> None:
+    now = clock.now()
+    job = store.create_job(make_job(now))
+    ids = [store.enqueue(NewRun(job_id=job.id, run_at=now), now).id for _ in range(3)]
+    dialect = store.engine.dialect
+    query = (
+        select(runs.c.id, runs.c.created_at)
+        .where(one_of(runs.c.id, "ids", dialect.name))
+        .where(one_of(runs.c.status, "open", dialect.name, ["pending", "running"]))
+        .where(runs.c.kind == "python")
+        .order_by(runs.c.id)
+    )
+    prepared = Prepared(query, dialect)
+    with store.engine.begin() as conn:
+        rows = prepared.rows(conn, {"ids": ids[:2] + [10_000]})
+        # One text for every list length; a fixed list can still be overridden by name.
+        assert [r["id"] for r in rows] == ids[:2]
+        assert all(r["created_at"] == now for r in rows)
+        assert prepared.rows(conn, {"ids": ids, "open": ["running"]}) == []
+        assert prepared.rows(conn, {"ids": []}) == []
+
+
+def test_expanding_in_is_refused(store: SqlStore) -> None:
+    with pytest.raises(ValueError, match="one_of"):
+        Prepared(select(runs.c.id).where(runs.c.id.in_([1, 2])), store.engine.dialect)
+
+
+def test_driver_errors_are_sqlalchemys_and_roll_back(store: SqlStore, clock: FakeClock) -> None:
+    now = clock.now()
+    store.create_job(make_job(now, name="taken"))
+    dialect = store.engine.dialect
+    rename = Prepared(
+        update(jobs).where(jobs.c.name == bindparam("old")).values(name=bindparam("new")), dialect
+    )
+    add_app = Prepared(insert(apps).values(name=bindparam("app"), created_at=now), dialect)
+    store.create_job(make_job(now, name="other"))
+    with pytest.raises(exc.IntegrityError), store.engine.begin() as conn:
+        add_app.many(conn, [{"app": "first-new-app"}])
+        rename.rows(conn, {"old": "other", "new": "taken"})  # the (app, name) key is taken
+    # The transaction rolled back as a whole: nothing of it is left.
+    assert {j.name for j in store.list_jobs()} >= {"taken", "other"}
+    with store.engine.connect() as conn:
+        assert conn.scalar(select(apps.c.name).where(apps.c.name == "first-new-app")) is None
