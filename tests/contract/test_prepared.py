@@ -6,14 +6,17 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 
+import psycopg
 import pytest
-from sqlalchemy import bindparam, exc, insert, select, update
+from sqlalchemy import bindparam, exc, insert, select, text, update
 
 from nightshift.clock import FakeClock
-from nightshift.store import SqlStore
+from nightshift.store import SqlStore, open_store
 from nightshift.store.base import Completion, NewRun
+from nightshift.store.sql import engine as engine_module
 from nightshift.store.sql.prepared import Prepared, one_of
 from nightshift.store.tables import apps, jobs, runs
+from tests.conftest import PG_URL
 from tests.factories import make_job
 
 
@@ -73,7 +76,7 @@ def test_fixed_values_lists_and_named_parameters(store: SqlStore, clock: FakeClo
     )
     prepared = Prepared(query, dialect)
     with store.engine.begin() as conn:
-        rows = prepared.rows(conn, {"ids": ids[:2] + [10_000]})
+        rows = prepared.rows(conn, {"ids": [*ids[:2], 10_000]})
         # One text for every list length; a fixed list can still be overridden by name.
         assert [r["id"] for r in rows] == ids[:2]
         assert all(r["created_at"] == now for r in rows)
@@ -95,10 +98,55 @@ def test_driver_errors_are_sqlalchemys_and_roll_back(store: SqlStore, clock: Fak
     )
     add_app = Prepared(insert(apps).values(name=bindparam("app"), created_at=now), dialect)
     store.create_job(make_job(now, name="other"))
-    with pytest.raises(exc.IntegrityError), store.engine.begin() as conn:
-        add_app.many(conn, [{"app": "first-new-app"}])
-        rename.rows(conn, {"old": "other", "new": "taken"})  # the (app, name) key is taken
+
+    def both() -> None:
+        with store.engine.begin() as conn:
+            add_app.many(conn, [{"app": "first-new-app"}])
+            rename.rows(conn, {"old": "other", "new": "taken"})  # the (app, name) key is taken
+
+    with pytest.raises(exc.IntegrityError):
+        both()
     # The transaction rolled back as a whole: nothing of it is left.
     assert {j.name for j in store.list_jobs()} >= {"taken", "other"}
     with store.engine.connect() as conn:
         assert conn.scalar(select(apps.c.name).where(apps.c.name == "first-new-app")) is None
+
+
+@pytest.mark.postgres
+def test_a_connection_killed_while_idle_is_replaced_before_use(
+    pg_store_session: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only idle pooled connections are pinged (engine.PING_IDLE_S); one the server dropped
+    meanwhile never reaches a caller."""
+    monkeypatch.setattr(engine_module, "PING_IDLE_S", 0.0)
+    store = open_store(pg_store_session.url, migrate=False)
+    try:
+        with store.engine.connect() as conn:
+            pid = conn.scalar(text("SELECT pg_backend_pid()"))
+        with psycopg.connect(PG_URL, autocommit=True) as admin:
+            assert admin.execute("SELECT pg_terminate_backend(%s)", [pid]).fetchone() == (True,)
+        with store.engine.connect() as conn:  # the same pooled connection, pinged first
+            assert conn.scalar(text("SELECT pg_backend_pid()")) != pid
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_a_busy_connection_is_not_pinged(pg_store_session: SqlStore) -> None:
+    """Used within PING_IDLE_S, a connection goes straight to its caller: no extra round trip."""
+    store = open_store(pg_store_session.url, migrate=False)
+    pings: list[object] = []
+    original = store.engine.dialect.do_ping
+
+    def counting(dbapi_connection: object) -> bool:
+        pings.append(dbapi_connection)
+        return original(dbapi_connection)
+
+    store.engine.dialect.do_ping = counting  # type: ignore[method-assign]
+    try:
+        for _ in range(5):
+            with store.engine.connect() as conn:
+                conn.scalar(text("SELECT 1"))
+        assert pings == []
+    finally:
+        store.close()

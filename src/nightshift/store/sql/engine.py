@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -12,7 +13,18 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, create_engine, event, func, insert, select, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    create_engine,
+    event,
+    exc,
+    func,
+    insert,
+    select,
+    text,
+)
 from sqlalchemy.engine import Dialect as SaDialect
 from sqlalchemy.engine import make_url
 
@@ -38,9 +50,36 @@ def make_engine(url: str, *, sqlite_synchronous: str = "NORMAL") -> tuple[Engine
         _configure_sqlite(engine, sqlite_synchronous)
         return engine, Dialect("sqlite", skip_locked=False)
     if parsed.get_backend_name() == "postgresql":
-        engine = create_engine(parsed, pool_size=8, max_overflow=8, pool_pre_ping=True)
+        engine = create_engine(parsed, pool_size=8, max_overflow=8)
+        _ping_when_idle(engine, PING_IDLE_S)
         return engine, Dialect("postgresql", skip_locked=True)
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:/// or postgresql://")
+
+
+#: A pooled PostgreSQL connection idle this long is pinged before it is handed out again.
+PING_IDLE_S = 1.0
+
+
+def _ping_when_idle(engine: Engine, idle_s: float) -> None:
+    """Pre-ping, but only connections that sat idle: `pool_pre_ping` costs a round trip on
+    every checkout, a sixth of a busy worker's claim or completion. A connection used within
+    the last `idle_s` is taken as alive; if the server went away in between, the statement
+    fails as a disconnect, SQLAlchemy invalidates the whole pool, and the caller retries."""
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection, record):  # type: ignore[no-untyped-def]
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection, record, _proxy):  # type: ignore[no-untyped-def]
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since < idle_s:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as error:
+            # The pool discards this connection and checks out another (documented recipe).
+            raise exc.DisconnectionError(str(error)) from error
 
 
 def _configure_sqlite(engine: Engine, synchronous: str) -> None:
