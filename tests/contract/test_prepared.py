@@ -150,3 +150,28 @@ def test_a_busy_connection_is_not_pinged(pg_store_session: SqlStore) -> None:
         assert pings == []
     finally:
         store.close()
+
+
+def test_a_runs_family_is_found_through_the_partial_lineage_index(
+    store: SqlStore, clock: FakeClock
+) -> None:
+    """runs_root holds only runs with a root (migration 0006); `root_id = :id` still uses it."""
+    now = clock.now()
+    job = store.create_job(make_job(now))
+    root = store.enqueue(NewRun(job_id=job.id, run_at=now), now)
+    kids = [
+        store.enqueue(NewRun(job_id=job.id, run_at=now, parent_id=root.id), now) for _ in range(3)
+    ]
+    store.enqueue_many([NewRun(job_id=job.id, run_at=now) for _ in range(3000)], now)
+    with store.engine.begin() as conn:
+        if store.dialect == "postgresql":
+            conn.exec_driver_sql("ANALYZE runs")
+        query = select(runs.c.id).where(runs.c.root_id == bindparam("root"))
+        compiled = query.compile(dialect=store.engine.dialect)
+        explain = "EXPLAIN QUERY PLAN " if store.dialect == "sqlite" else "EXPLAIN "
+        params: object = (root.id,) if compiled.positional else {"root": root.id}
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute(explain + str(compiled), params)
+        plan = "\n".join(str(row) for row in cursor.fetchall())
+        assert "runs_root" in plan, plan
+        assert sorted(conn.scalars(query, {"root": root.id})) == [k.id for k in kids]

@@ -184,8 +184,12 @@ Index("runs_lease", runs.c.lease_expires_at, postgresql_where=_executing, sqlite
 Index("runs_job", runs.c.job_id, runs.c.id)
 Index("runs_job_status", runs.c.job_id, runs.c.status)
 Index("runs_app", runs.c.app, runs.c.id)
-Index("runs_parent", runs.c.parent_id)
-Index("runs_root", runs.c.root_id)
+# Roots (most runs) have neither: partial, so their claims and completions write no entry
+# here (migration 0006); `root_id = :id` implies the predicate.
+_has_parent = runs.c.parent_id.is_not(None)
+_has_root = runs.c.root_id.is_not(None)
+Index("runs_parent", runs.c.parent_id, postgresql_where=_has_parent, sqlite_where=_has_parent)
+Index("runs_root", runs.c.root_id, postgresql_where=_has_root, sqlite_where=_has_root)
 Index("runs_created", runs.c.created_at)
 # Statistics and pruning read runs by the time of each event (see nightshift.stats).
 Index("runs_started", runs.c.started_at)
