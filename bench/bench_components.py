@@ -7,10 +7,12 @@
   10, 100, 500: claim+complete pairs per second, and the time split between the two. This is
   what the database layer allows at each batch size, with no worker around it.
 - pool: the python kind's `ProcessPool` alone (default size: max(2, cores)), running the
-  no-op job with 1, 2, 4 and 32 tasks in flight per process: round trips per second, with
-  and without pipelining (a queued task behind each busy process); and the same through
+  no-op job with 1, 2, 4 and 32 tasks in flight per process: round trips per second and the
+  CPU per 1,000 tasks of the parent's event-loop thread (and of the children), with and
+  without pipelining (queued tasks behind each busy process); and the same through
   `PythonExecutor.execute` (config validation included). `--pool-repeat N` runs each N times
-  (the best, and every rate).
+  (the best rate, the lowest CPU, and every run's); `--pool-paths`, `--pool-inflight` and
+  `--pool-count` narrow it.
 - worker: the real `Worker` with a no-op in-process executor standing in for the python kind
   (no IPC), default settings (2 process slots) and 50 slots: drain rate of the worker loop and
   the store together.
@@ -113,11 +115,34 @@ def store_ceiling(backend: str, results: Results) -> None:
 #: Tasks in flight, per process: with 2 processes, 2, 4, 8 and 64 (the worker's claim-ahead
 #: makes the pool the queue of the claimed runs).
 POOL_INFLIGHT = (1, 2, 4, 32)
+#: The pool's paths: (label, through PythonExecutor.execute, pipelining).
+POOL_PATHS = {
+    "run": ("ProcessPool.run", False, True),
+    "nopipe": ("ProcessPool.run, no pipelining", False, False),
+    "executor": ("PythonExecutor.execute", True, True),
+}
+
+
+def _children_cpu_s(pids: list[int]) -> float | None:
+    """User + system CPU seconds of live processes (Linux /proc), None where unreadable."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rpartition(")")[2].split()
+        except OSError:
+            return None
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
 
 
 async def _pool_rate(
     size: int, inflight: int, count: int, through_executor: bool, pipeline: bool = True
-) -> float:
+) -> dict[str, float]:
+    """Round trips per second, and CPU per 1,000 tasks: the parent's event-loop thread (the
+    pool runs there, in callbacks; the benchmark's own coroutines are the same for every
+    pool) and the children's."""
     from nightshift.domain.models import Job, JobKind
     from nightshift.worker.executor import MemoryIO, Task
     from nightshift.worker.kinds.python import PythonExecutor
@@ -150,26 +175,40 @@ async def _pool_rate(
 
     try:
         await asyncio.gather(*(one(i) for i in range(50)))  # warm-up
-        t0 = time.perf_counter()
+        used = executor.pool if executor is not None else pool
+        pids = [c.pid for c in used.children if c.pid is not None] if used is not None else []
+        children0 = _children_cpu_s(pids)
+        cpu0, t0 = time.thread_time(), time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(count)))
-        return count / (time.perf_counter() - t0)
+        elapsed, cpu = time.perf_counter() - t0, time.thread_time() - cpu0
+        children1 = _children_cpu_s(pids)
+        figures = {
+            "round_trips_per_s": count / elapsed,
+            "parent_cpu_ms_per_1000": 1e6 * cpu / count,
+        }
+        if children0 is not None and children1 is not None:
+            figures["children_cpu_ms_per_1000"] = 1e6 * (children1 - children0) / count
+        return figures
     finally:
         await (executor.close() if executor is not None else pool.close())
 
 
-def pool_ceiling(results: Results, repeat: int = 1, count: int = 3000) -> None:
-    """Round trips per second; with `repeat` > 1 each row gives every run's rate (the box is
-    shared: the spread matters as much as the best)."""
+def pool_ceiling(
+    results: Results,
+    repeat: int = 1,
+    count: int = 3000,
+    paths: tuple[str, ...] = tuple(POOL_PATHS),
+    per_process: tuple[int, ...] = POOL_INFLIGHT,
+) -> None:
+    """Round trips per second and CPU per 1,000 tasks; with `repeat` > 1 each row gives the
+    best rate, the lowest CPU and every run's figures (the box is shared: the spread matters
+    as much as the best)."""
     size = max(2, os.cpu_count() or 2)
-    paths = [
-        ("ProcessPool.run", False, True),
-        ("ProcessPool.run, no pipelining", False, False),
-        ("PythonExecutor.execute", True, True),
-    ]
-    for path, through, pipeline in paths:
-        for per_process in POOL_INFLIGHT:
-            inflight = per_process * size
-            rates = [
+    for key in paths:
+        path, through, pipeline = POOL_PATHS[key]
+        for tasks_per_process in per_process:
+            inflight = tasks_per_process * size
+            runs = [
                 asyncio.run(_pool_rate(size, inflight, count, through, pipeline))
                 for _ in range(repeat)
             ]
@@ -177,10 +216,16 @@ def pool_ceiling(results: Results, repeat: int = 1, count: int = 3000) -> None:
                 "processes": size,
                 "in_flight": inflight,
                 "path": path,
-                "round_trips_per_s": round(max(rates), 1),
+                "round_trips_per_s": round(max(r["round_trips_per_s"] for r in runs), 1),
+                "parent_cpu_ms_per_1000": round(min(r["parent_cpu_ms_per_1000"] for r in runs), 1),
             }
+            if all("children_cpu_ms_per_1000" in r for r in runs):
+                figures["children_cpu_ms_per_1000"] = round(
+                    min(r["children_cpu_ms_per_1000"] for r in runs), 1
+                )
             if repeat > 1:
-                figures["runs"] = [round(rate) for rate in rates]
+                figures["runs"] = [round(r["round_trips_per_s"]) for r in runs]
+                figures["parent_cpu_runs"] = [round(r["parent_cpu_ms_per_1000"]) for r in runs]
             results.add("component-pool", "-", figures)
 
 
@@ -252,12 +297,27 @@ def main() -> None:
     add_common_args(parser)
     parser.add_argument("--part", default="store,pool,worker")
     parser.add_argument("--pool-repeat", type=int, default=1)
+    parser.add_argument("--pool-count", type=int, default=3000, help="tasks per pool figure")
+    parser.add_argument(
+        "--pool-paths", default=",".join(POOL_PATHS), help=f"of {', '.join(POOL_PATHS)}"
+    )
+    parser.add_argument(
+        "--pool-inflight",
+        default=",".join(map(str, POOL_INFLIGHT)),
+        help="tasks in flight per process",
+    )
     args = parser.parse_args()
     quiet_logging()
     results = Results(args.json)
     parts = set(args.part.split(","))
     if "pool" in parts:
-        pool_ceiling(results, repeat=args.pool_repeat)
+        pool_ceiling(
+            results,
+            repeat=args.pool_repeat,
+            count=args.pool_count,
+            paths=tuple(args.pool_paths.split(",")),
+            per_process=tuple(int(n) for n in args.pool_inflight.split(",")),
+        )
     for backend in backends(args):
         if "store" in parts:
             store_ceiling(backend, results)

@@ -70,8 +70,9 @@ def test_a_new_root_starts_after_at_most_a_few_children_of_a_big_one(serve) -> N
     )
     # Once claimed, the new root goes before every child the worker holds. Until its claim
     # lands (the worker's next turn at the database), the processes go on with what it holds:
-    # at most worker_prefetch runs (about 50 ms of work) and one in each process's pipe, and as
-    # many again if a claim was already under way when the run was committed.
+    # at most worker_prefetch runs (about 50 ms of work; some of them queued in the processes'
+    # pipes already) and one running in each process, and as many again if a claim was already
+    # under way when the run was committed.
     held = api.runtime.settings.worker_processes * 2 + api.runtime.settings.worker_prefetch
     assert after_commit <= 2 * held, "the new root waited behind the big root's children"
     assert waiting > CHILDREN - 1000

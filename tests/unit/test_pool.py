@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import pickle
+import signal
+import socket
+import struct
 import sys
 import threading
 import time
@@ -14,9 +19,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from nightshift.worker.child import _Channel
+from nightshift.worker.child import _Channel, _Frames
 from nightshift.worker.executor import MemoryIO
-from nightshift.worker.pool import PoolClosed, ProcessPool
+from nightshift.worker.pool import PIPELINE_DEPTH, ChildProcess, PoolClosed, ProcessPool
 
 ROOT = str(Path(__file__).resolve().parents[2])
 if ROOT not in sys.path:
@@ -79,8 +84,8 @@ def logged_pid(io: MemoryIO) -> int:
 async def make_pool() -> AsyncIterator[MakePool]:
     pools: list[ProcessPool] = []
 
-    async def make(size: int = 1, pipeline: bool = True) -> ProcessPool:
-        pool = ProcessPool(size, sys_path=[ROOT], pipeline=pipeline)
+    async def make(size: int = 1, pipeline: bool = True, **options: Any) -> ProcessPool:
+        pool = ProcessPool(size, sys_path=[ROOT], pipeline=pipeline, **options)
         await pool.start()
         pools.append(pool)
         return pool
@@ -113,7 +118,9 @@ async def test_waiting_tasks_go_smallest_order_first_fifo_among_equals(make_pool
     assert not [t for t in threading.enumerate() if t.name.startswith("nightshift-pool")]
 
 
-async def test_pipelining_queues_at_most_one_task_behind_a_busy_child(make_pool: MakePool) -> None:
+async def test_a_task_that_arrives_is_queued_only_behind_a_child_with_none_queued(
+    make_pool: MakePool,
+) -> None:
     pool = await make_pool(1)
     starts: list[str] = []
     blocker = asyncio.create_task(pool.run(payload("sleep", s=0.3), RecordingIO("blocker", starts)))
@@ -125,10 +132,11 @@ async def test_pipelining_queues_at_most_one_task_behind_a_busy_child(make_pool:
     ]
     await wait_until(lambda: pool.waiting == 2)
     [child] = pool.children
-    assert child.queued is not None  # "c" lies in the child's pipe, not started
+    assert child.queue  # "c" lies in the child's pipe, not started
     assert ios["c"].started_count == 0
     await asyncio.gather(blocker, *runs)
-    # One task per child may go ahead of better ones that came after it.
+    # One task per child may go ahead of better ones that came after it: the others waited,
+    # and went behind "c" in order once the blocker's "done" left its queue empty.
     assert starts == ["blocker", "c", "a", "b"]
 
 
@@ -140,9 +148,159 @@ async def test_a_task_too_big_for_the_pipe_is_not_queued(make_pool: MakePool) ->
     big = asyncio.create_task(pool.run(payload("pid", blob="x" * 1_000_000), MemoryIO()))
     await wait_until(lambda: pool.waiting == 1)
     await asyncio.sleep(0.05)
-    assert pool.children[0].queued is None
+    assert not pool.children[0].queue
     outcomes = await asyncio.gather(blocker, big)
     assert [o["status"] for o in outcomes] == ["succeeded", "succeeded"]
+
+
+class QueueIO(RecordingIO):
+    """A RecordingIO with `on_stop`, so that a test stops a `stoppable` task when it wants."""
+
+    def __init__(self, name: str = "", starts: list[str] | None = None) -> None:
+        super().__init__(name, starts)
+        self.callbacks: list[Callable[[], None]] = []
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        self.callbacks.append(callback)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for callback in self.callbacks:
+            callback()
+
+
+STOPPABLE = "tests.jobs_sample:stoppable"
+
+
+class Queued:
+    """A child running a `stoppable` task ("running") with several tasks queued behind it.
+
+    A `stoppable` blocker runs, "running" (stoppable too) is queued behind it as it arrives,
+    the `waiting` tasks (name -> (function, order)) wait; the blocker is stopped: its "done"
+    starts "running" and moves the waiting ones behind it, best first, in one write.
+    """
+
+    def __init__(self, pool: ProcessPool, starts: list[str]) -> None:
+        self.pool = pool
+        self.starts = starts
+        self.ios: dict[str, QueueIO] = {}
+        self.runs: dict[str, asyncio.Task[dict[str, Any]]] = {}
+        self.writes: list[int] = []
+
+    def run(self, name: str, function: str, order: tuple[Any, ...] = (), **params: Any) -> None:
+        io = self.ios[name] = QueueIO(name, self.starts)
+        self.runs[name] = asyncio.create_task(
+            self.pool.run(payload(function, **params), io, order=order)
+        )
+
+    async def outcomes(self) -> dict[str, str]:
+        """Wait for every run still held: name -> status; and check each one's status (the
+        `stoppable` ones end "stopped", the others "succeeded")."""
+        outcomes = await asyncio.wait_for(asyncio.gather(*self.runs.values()), 20)
+        statuses = {name: o["status"] for name, o in zip(self.runs, outcomes, strict=True)}
+        assert statuses == {
+            name: "stopped" if name in ("blocker", "running") else "succeeded" for name in self.runs
+        }
+        return statuses
+
+    async def setup(self, waiting: dict[str, tuple[str, tuple[Any, ...]]]) -> ChildProcess:
+        [child] = self.pool.children
+        self.run("blocker", STOPPABLE)
+        await wait_until(lambda: self.ios["blocker"].started_count == 1)
+        self.run("running", STOPPABLE)
+        await wait_until(lambda: len(child.queue) == 1)
+        for name, (function, order) in waiting.items():
+            self.run(name, function, order)
+        await wait_until(lambda: self.pool.waiting == len(waiting))
+        assert len(child.queue) == 1  # nothing joins a queue on arrival behind a queued task
+        write = child.write
+
+        def counting(data: bytes) -> None:
+            self.writes.append(len(data))
+            write(data)
+
+        child.write = counting  # type: ignore[method-assign]
+        self.ios["blocker"].stop()
+        await wait_until(lambda: self.ios["running"].started_count == 1)
+        return child
+
+
+async def test_a_done_moves_several_waiting_tasks_behind_its_child_in_order_in_one_write(
+    make_pool: MakePool,
+) -> None:
+    pool = await make_pool(1, depth=4)
+    starts: list[str] = []
+    queued = Queued(pool, starts)
+    waiting = {
+        "c": ("pid", (2,)),
+        "a1": ("pid", (0,)),
+        "b": ("pid", (1,)),
+        "a2": ("pid", (0,)),
+        "d": ("pid", (3,)),
+        "e": ("pid", (4,)),
+    }
+    child = await queued.setup(waiting)
+    # Up to `depth`, best first, FIFO among equals; the rest still waits.
+    assert [task.io for task in child.queue] == [queued.ios[n] for n in ("a1", "a2", "b", "c")]
+    assert pool.waiting == 2
+    assert len(queued.writes) == 1  # the four frames went in one write
+    assert child.piped_bytes <= child.queue_limit
+    assert all(queued.ios[name].started_count == 0 for name in waiting)  # queued is not started
+    queued.ios["running"].stop()
+    await queued.outcomes()
+    assert starts == ["blocker", "running", "a1", "a2", "b", "c", "d", "e"]
+    assert all(io.started_count == 1 for io in queued.ios.values())
+    assert {logged_pid(queued.ios[name]) for name in waiting} == {child.pid}
+
+
+async def test_the_pipe_budget_bounds_the_queue(make_pool: MakePool) -> None:
+    pool = await make_pool(1)
+    starts: list[str] = []
+    queued = Queued(pool, starts)
+    [child] = pool.children
+    blob = "x" * (child.queue_limit // 4)  # about four fit
+    names = [f"t{i}" for i in range(PIPELINE_DEPTH)]
+    queued.run("blocker", STOPPABLE)
+    await wait_until(lambda: queued.ios["blocker"].started_count == 1)
+    queued.run("running", STOPPABLE)
+    await wait_until(lambda: len(child.queue) == 1)
+    for name in names:
+        queued.run(name, "pid", (), blob=blob)
+    await wait_until(lambda: pool.waiting == len(names))
+    queued.ios["blocker"].stop()
+    await wait_until(lambda: queued.ios["running"].started_count == 1)
+    assert 1 <= len(child.queue) < 4 < PIPELINE_DEPTH
+    assert child.piped_bytes <= child.queue_limit
+    assert pool.waiting == len(names) - len(child.queue)
+    queued.ios["running"].stop()
+    await queued.outcomes()
+    assert starts == ["blocker", "running", *names]
+
+
+def test_the_child_reads_several_frames_from_one_write() -> None:
+    read_end, write_end = os.pipe()
+    try:
+        messages = [("task", n, {"n": n}, False) for n in range(1, 4)]
+        data = b"".join(
+            struct.pack("!i", len(body)) + body
+            for body in (pickle.dumps(m, pickle.HIGHEST_PROTOCOL) for m in messages)
+        )
+        long_body = pickle.dumps(("task", 4, {"blob": "y" * 100}, True))
+        long_frame = struct.pack("!i", -1) + struct.pack("!Q", len(long_body)) + long_body
+        os.write(write_end, data + long_frame[:7])  # the last one in part
+        frames = _Frames(read_end)
+        assert [frames.recv() for _ in messages] == messages
+        os.write(write_end, long_frame[7:])
+        assert frames.recv() == ("task", 4, {"blob": "y" * 100}, True)
+        os.write(write_end, data[:10])
+        os.close(write_end)
+        write_end = -1
+        with pytest.raises(EOFError):
+            frames.recv()  # a message cut short by the parent's exit
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
 
 
 # -- cancellation ---------------------------------------------------------------------------------
@@ -162,7 +320,7 @@ async def test_a_cancelled_waiting_task_never_runs_and_kills_nothing(
     cancelled = asyncio.create_task(pool.run(payload("touch", path=str(marker)), cancelled_io))
     other = asyncio.create_task(pool.run(payload("pid"), MemoryIO()))
     if pipeline:
-        await wait_until(lambda: child.queued is not None)  # the first one is in the pipe
+        await wait_until(lambda: child.queue)  # the first one is in the pipe
     else:
         await wait_until(lambda: pool.waiting == 2)
     cancelled.cancel()
@@ -184,7 +342,7 @@ async def test_a_killed_childs_queued_task_runs_on_the_replacement(make_pool: Ma
     await wait_until(lambda: ("INFO", "spinning") in spin_io.lines)
     queued_io = RecordingIO()
     queued = asyncio.create_task(pool.run(payload("pid"), queued_io))
-    await wait_until(lambda: child.queued is not None)
+    await wait_until(lambda: child.queue)
     spinning.cancel()  # SIGKILL: the queued task never started there
     with pytest.raises(asyncio.CancelledError):
         await spinning
@@ -214,8 +372,8 @@ async def test_a_queued_task_moves_to_an_idle_child_instead_of_waiting_behind_a_
     await wait_until(lambda: all(io.started_count == 1 for io in long_ios))
     queued_io = RecordingIO()
     queued = asyncio.create_task(pool.run(payload("pid"), queued_io))
-    await wait_until(lambda: any(c.queued is not None for c in pool.children))
-    [behind] = [c for c in pool.children if c.queued is not None]
+    await wait_until(lambda: any(c.queue for c in pool.children))
+    [behind] = [c for c in pool.children if c.queue]
     # End the long task of the other child: its replacement becomes idle, with nothing
     # waiting; the queued task must not wait 5 s behind the first long one.
     assert behind.task is not None
@@ -229,6 +387,133 @@ async def test_a_queued_task_moves_to_an_idle_child_instead_of_waiting_behind_a_
     for run in longs:
         run.cancel()
     await asyncio.gather(*longs, return_exceptions=True)
+
+
+@pytest.mark.parametrize("cancelled", ["b", "c"])
+async def test_a_cancelled_task_in_the_middle_of_a_queue_is_revoked_and_the_rest_run_in_order(
+    make_pool: MakePool, tmp_path: Path, cancelled: str
+) -> None:
+    pool = await make_pool(1)
+    starts: list[str] = []
+    queued = Queued(pool, starts)
+    marker = tmp_path / "ran"
+    waiting = {"a": ("pid", (0,)), "b": ("pid", (1,)), "c": ("pid", (2,)), "d": ("pid", (3,))}
+    child = await queued.setup(waiting)
+    assert [task.io for task in child.queue] == [queued.ios[n] for n in "abcd"]
+    target = next(task for task in child.queue if task.io is queued.ios[cancelled])
+    target.payload = payload("touch", path=str(marker))  # what it would do, had it run
+    queued.runs[cancelled].cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await queued.runs.pop(cancelled)
+    await wait_until(lambda: target not in child.queue)  # the child said: revoked
+    assert [task.io.name for task in child.queue] == [n for n in "abcd" if n != cancelled]
+    queued.ios["running"].stop()
+    await queued.outcomes()
+    assert starts == ["blocker", "running", *(n for n in "abcd" if n != cancelled)]
+    assert queued.ios[cancelled].started_count == 0
+    assert not marker.exists()
+    assert [c.pid for c in pool.children] == [child.pid]  # nobody was killed
+    assert pool.waiting == 0
+
+
+async def test_a_child_that_dies_fails_its_running_task_and_gives_back_every_queued_one(
+    make_pool: MakePool,
+) -> None:
+    pool = await make_pool(1)
+    starts: list[str] = []
+    queued = Queued(pool, starts)
+    waiting = {"a": ("pid", (0,)), "c": ("pid", (2,)), "b1": ("pid", (1,))}
+    child = await queued.setup(waiting)
+    assert [task.io.name for task in child.queue] == ["a", "b1", "c"]
+    queued.run("b2", "pid", (1,))  # comes after them, waits: it goes after b1, before c
+    await wait_until(lambda: pool.waiting == 1)
+    assert child.pid is not None
+    os.kill(child.pid, signal.SIGKILL)
+    died = await asyncio.wait_for(queued.runs.pop("running"), 10)
+    assert died["status"] == "failed"
+    assert died["error"]["type"] == "WorkerProcessDied"
+    await queued.outcomes()
+    assert starts == ["blocker", "running", "a", "b1", "b2", "c"]
+    assert all(io.started_count == 1 for io in queued.ios.values())
+    assert {logged_pid(queued.ios[name]) for name in ("a", "b1", "b2", "c")} != {child.pid}
+    assert child.pid not in [c.pid for c in pool.children]
+
+
+async def test_a_killed_childs_queued_tasks_all_run_on_the_replacement_in_order(
+    make_pool: MakePool,
+) -> None:
+    pool = await make_pool(1)
+    starts: list[str] = []
+    queued = Queued(pool, starts)
+    child = await queued.setup({"a": ("pid", (0,)), "b": ("pid", (1,)), "c": ("pid", (2,))})
+    queued.runs["running"].cancel()  # SIGKILL: the queued tasks never started there
+    with pytest.raises(asyncio.CancelledError):
+        await queued.runs.pop("running")
+    await queued.outcomes()
+    assert starts == ["blocker", "running", "a", "b", "c"]
+    assert child.pid not in {logged_pid(queued.ios[name]) for name in "abc"}
+
+
+class StandInProcess:
+    """What a ChildProcess needs of its process, for a child played by the test itself."""
+
+    pid = os.getpid()
+
+    def __init__(self) -> None:
+        self.killed = False
+
+    def kill(self) -> None:
+        self.killed = True  # close() kills what does not exit in its grace period
+
+
+async def test_a_revoke_answered_after_the_predecessors_done_hands_on_to_the_next_queued() -> None:
+    """The race a real child rarely shows: a queued task's revoke is decided after its
+    predecessor's "done" left, but before the child took it. The child skips it and starts the
+    next queued task, and the parent follows (the test plays the child)."""
+    loop = asyncio.get_running_loop()
+    pool = ProcessPool(1, depth=4, grace_s=0.01)
+    pool._loop, pool._started = loop, True
+    tasks_read, tasks_write = multiprocessing.Pipe(duplex=False)
+    ours, theirs = socket.socketpair()
+    process = StandInProcess()
+    child = ChildProcess(process, ours, tasks_write, loop)  # type: ignore[arg-type]
+    child.state = "idle"
+    pool._children.add(child)
+    pool._idle.append(child)
+    frames = _Frames(tasks_read.fileno())
+    starts: list[str] = []
+    done = ("done", {"status": "succeeded"})
+    names = ("t0", "t1", "t2", "t3", "t4")
+    ios = {name: RecordingIO(name, starts) for name in names}
+    runs = {name: asyncio.create_task(pool.run(payload("pid"), io)) for name, io in ios.items()}
+    await wait_until(lambda: pool.waiting == 3)  # t0 runs, t1 is queued, the others wait
+    assert [frames.recv()[1] for _ in range(2)] == [1, 2]
+    pool._on_message(child, done)  # t0's: t1 starts, the others are queued behind it
+    assert [task.io for task in child.queue] == [ios["t2"], ios["t3"], ios["t4"]]
+    assert [frames.recv()[1] for _ in range(3)] == [3, 4, 5]
+    runs["t2"].cancel()
+    await wait_until(lambda: runs["t2"].done())
+    assert pickle.loads(theirs.recv(1024)[4:]) == ("revoke", 3)
+    pool._on_message(child, done)  # t1's, sent before the child decided on the revoke
+    assert child.task is not None and child.task.io is ios["t2"]  # not started: revoking
+    assert starts == ["t0", "t1"]
+    pool._on_revoked(child, 3, True)  # the child skips t2 and starts t3
+    assert child.task is not None and child.task.io is ios["t3"]
+    assert [task.io for task in child.queue] == [ios["t4"]]
+    assert starts == ["t0", "t1", "t3"]
+    pool._on_message(child, done)  # t3's: t4 starts
+    pool._on_message(child, done)
+    assert starts == ["t0", "t1", "t3", "t4"]
+    assert child.state == "idle"
+    for name in ("t0", "t1", "t3", "t4"):
+        assert (await runs[name])["status"] == "succeeded"
+    assert ios["t2"].started_count == 0
+    assert (child.piped_bytes, list(child.piped)) == (0, [])
+    assert not process.killed
+    await pool.close()
+    assert frames.recv() == ("shutdown",)
+    for end in (theirs, ours, tasks_read, tasks_write):
+        end.close()
 
 
 def test_the_child_revokes_only_a_task_it_has_not_taken() -> None:
@@ -258,7 +543,7 @@ async def test_a_stop_asked_while_queued_reaches_the_task_and_not_the_next(
     await wait_until(lambda: io.started_count == 1)
     stopped_io = MemoryIO()
     stopped = asyncio.create_task(pool.run(payload("stop_seen"), stopped_io))
-    await wait_until(lambda: child.queued is not None)
+    await wait_until(lambda: child.queue)
     stopped_io.stop_event.set()
     await blocker
     outcome = await stopped
@@ -266,6 +551,31 @@ async def test_a_stop_asked_while_queued_reaches_the_task_and_not_the_next(
     next_io = MemoryIO()
     outcome = await pool.run(payload("stop_seen"), next_io)
     assert (outcome["status"], next_io.lines) == ("succeeded", [("INFO", "stop False")])
+
+
+async def test_a_stop_of_a_task_deep_in_a_queue_reaches_it_and_no_other(
+    make_pool: MakePool,
+) -> None:
+    pool = await make_pool(1)
+    starts: list[str] = []
+    queued = Queued(pool, starts)
+    waiting = {name: ("stop_seen", (k,)) for k, name in enumerate(("s1", "s2", "s3"))}
+    child = await queued.setup(waiting)
+    assert [task.io.name for task in child.queue] == ["s1", "s2", "s3"]
+    queued.ios["s2"].stop()  # sent to the child now: it keeps it until s2 starts
+    [target] = [task for task in child.queue if task.io.name == "s2"]
+    assert target.stop
+    queued.ios["running"].stop()
+    outcomes = {name: await run for name, run in queued.runs.items()}
+    assert (outcomes["s2"]["status"], queued.ios["s2"].lines) == (
+        "stopped",
+        [("INFO", "stop True")],
+    )
+    for name in ("s1", "s3"):
+        assert (outcomes[name]["status"], queued.ios[name].lines) == (
+            "succeeded",
+            [("INFO", "stop False")],
+        )
 
 
 async def test_an_io_with_on_stop_is_not_polled(make_pool: MakePool) -> None:
@@ -296,7 +606,7 @@ async def test_close_fails_waiting_and_queued_tasks(make_pool: MakePool) -> None
     await wait_until(lambda: io.started_count == 1)
     queued = asyncio.create_task(pool.run(payload("pid"), MemoryIO()))
     waiting = asyncio.create_task(pool.run(payload("pid"), MemoryIO()))
-    await wait_until(lambda: child.queued is not None and pool.waiting == 1)
+    await wait_until(lambda: child.queue and pool.waiting == 1)
     await pool.close()
     outcome = await running
     assert outcome["error"]["type"] == "WorkerProcessDied"
@@ -315,12 +625,29 @@ async def test_recycle_moves_a_queued_task_to_a_new_child(make_pool: MakePool) -
     await wait_until(lambda: blocker_io.started_count == 1)
     queued_io = MemoryIO()
     queued = asyncio.create_task(pool.run(payload("pid"), queued_io))
-    await wait_until(lambda: child.queued is not None)
+    await wait_until(lambda: child.queue)
     await pool.recycle()
-    await wait_until(lambda: child.queued is None)  # revoked: it waits for new code
+    await wait_until(lambda: not child.queue)  # revoked: it waits for new code
     await asyncio.wait_for(asyncio.gather(blocker, queued), 10)
     assert logged_pid(blocker_io) == child.pid
     assert logged_pid(queued_io) != child.pid
+
+
+async def test_recycle_moves_every_queued_task_to_a_new_child_in_order(
+    make_pool: MakePool,
+) -> None:
+    pool = await make_pool(1)
+    starts: list[str] = []
+    queued = Queued(pool, starts)
+    child = await queued.setup({"a": ("pid", (0,)), "b": ("pid", (1,)), "c": ("pid", (2,))})
+    recycled = asyncio.create_task(pool.recycle())
+    await wait_until(lambda: not child.queue)  # revoked: they wait for new code
+    assert pool.waiting == 3
+    queued.ios["running"].stop()
+    await recycled
+    await queued.outcomes()
+    assert starts == ["blocker", "running", "a", "b", "c"]
+    assert child.pid not in {logged_pid(queued.ios[name]) for name in "abc"}
 
 
 async def test_the_log_capture_survives_a_job_that_unhooks_logging(make_pool: MakePool) -> None:

@@ -10,7 +10,9 @@ JSON-safe data (multiprocessing's framing), over two pipes:
   it, so the job's thread never does;
 - the one-way `tasks`: ("task", n, payload, stop) and ("shutdown",), read by the main thread
   itself between tasks, so a task costs no hand-over from the receiver thread. `n` counts the
-  task messages this process was sent. The parent may queue a task behind a running one.
+  task messages this process was sent. The parent may queue tasks behind a running one, and
+  write several in one go: the main thread reads the pipe through a buffer (`_Frames`), so
+  the tasks that lie there cost one read.
 
 A lock serialises writes, and nothing about a task is sent after its "done". A graceful stop
 names its task's `n` (it may arrive just before its task), so a late one never reaches the
@@ -38,6 +40,7 @@ import os
 import pickle
 import reprlib
 import signal
+import struct
 import sys
 import threading
 import time
@@ -50,6 +53,9 @@ from nightshift.domain.signals import Signal
 from nightshift.worker.executor import error_info
 
 PROGRESS_INTERVAL_S = 0.1
+_READ_SIZE = 1 << 16
+_HEADER = struct.Struct("!i")
+_LONG_HEADER = struct.Struct("!Q")
 _INTERNAL_FILES = (os.path.abspath(__file__), os.path.dirname(os.path.abspath(asyncio.__file__)))
 
 
@@ -83,16 +89,60 @@ def main(
     if not isinstance(level, int):
         level = logging.INFO
     capture = _Capture(channel, level)
+    frames = _Frames(tasks.fileno())
     channel.send(("ready", errors))
     while True:
         try:
-            message = tasks.recv()
+            message = frames.recv()
         except (EOFError, OSError):
             break  # the parent is gone
         if message[0] == "shutdown" or channel.orphaned:
             break
         if message[0] == "task" and channel.take(message[1]):
             _run_task(message[1], message[2], message[3], channel, capture)
+
+
+class _Frames:
+    """The task pipe's messages (multiprocessing's framing: a signed 4-byte length, or -1 and
+    an 8-byte length), read through a buffer: whatever lies in the pipe comes in one read."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = bytearray()
+        self._pos = 0  # where the next message starts in the buffer
+
+    def recv(self) -> Any:
+        """The next message (blocking); EOFError once the pipe is closed."""
+        while True:
+            buffer, pos = self._buffer, self._pos
+            have = len(buffer) - pos
+            need = 4
+            if have >= 4:
+                (size,) = _HEADER.unpack_from(buffer, pos)
+                start = pos + 4
+                if size == -1:
+                    need = 12
+                    if have >= 12:
+                        (size,) = _LONG_HEADER.unpack_from(buffer, start)
+                        start += 8
+                if size != -1:
+                    need = start - pos + size
+                    if have >= need:
+                        end = start + size
+                        data = buffer[start:end]
+                        if end == len(buffer):
+                            buffer.clear()
+                            end = 0
+                        self._pos = end
+                        return pickle.loads(data)
+            if pos:
+                del buffer[:pos]
+                self._pos = 0
+            # A pipe gives at most its capacity (64 KiB, 1 MiB at most) per read.
+            chunk = os.read(self._fd, min(max(_READ_SIZE, need - have), 1 << 20))
+            if not chunk:
+                raise EOFError
+            buffer += chunk
 
 
 class _Pending:

@@ -18,15 +18,22 @@ Everything runs on the event loop, in callbacks, with no thread per child and no
   stop: through `io.on_stop(callback)` when the io has it, otherwise found by one pool-wide
   poll of `io.should_stop()` every STOP_POLL_S while tasks run.
 
-Pipelining: while every child is busy, each may also hold one queued task in its task pipe (a
-small one: the write must never wait for a busy child), so that it starts the moment "done"
-leaves, without a round trip through the parent. A queued task has not started: it can be
-revoked, ("revoke", n) -> ("revoked", n, ok), decided by the child under the lock its main
-thread takes a task with. Revoked are a cancelled queued task, queued tasks of a child whose
-current task has run for HOL_S while another child is idle (no waiting behind a long job), and
-queued tasks at a recycle. `io.started()` is called when the task really starts: when it is
-handed to an idle child, or when its predecessor's "done" arrives. A child that dies before
-that gives its queued task back to the queue.
+Pipelining: while every child is busy, each may also hold up to `depth` (PIPELINE_DEPTH)
+queued tasks in its task pipe, so that the next one starts the moment "done" leaves, without a
+round trip through the parent. Their messages are small and counted: the bytes that may lie
+unread in a child's pipe stay under `queue_limit`, so a write never waits for a busy child. A
+busy child is given queued tasks when it has none (at most the best waiting one each time a
+task arrives, so a task queued ahead of better ones that come later is the exception) or when
+a "done" leaves it REFILL_AT or fewer: then the best waiting ones, up to `depth`. The tasks a
+child is given at once (with the one an idle child takes) go in one write of their frames,
+which the child reads through a buffer: several tasks cost the parent one write and the child
+one read. A queued task has not started: it can be revoked, ("revoke", n) -> ("revoked", n,
+ok), decided by the child under the lock its main thread takes a task with. Revoked are a
+cancelled queued task, queued tasks of a child whose current task has run for HOL_S while
+another child is idle (no waiting behind a long job), and queued tasks at a recycle.
+`io.started()` is called when the task really starts: when it is handed to an idle child, or
+when its predecessor's "done" arrives (or the answer that a revoked predecessor was skipped).
+A child that dies before that gives its queued tasks back to the queue, in their places.
 
 A cancelled waiting task just leaves the queue; a cancelled running task kills its child
 (SIGKILL: a job in a CPU loop ignores everything else). A child that dies, busy or idle, is
@@ -65,6 +72,10 @@ ChildState = Literal["starting", "idle", "busy", "retired"]
 STOP_POLL_S = 0.05
 #: How long a queued task may wait behind a running one while another child is idle.
 HOL_S = 0.02
+#: How many tasks a busy child may hold queued behind its running one (pipelining).
+PIPELINE_DEPTH = 8
+#: A "done" that leaves a child this many queued tasks or fewer tops its queue up.
+REFILL_AT = 4
 #: How long a child whose pipe was closed may take to exit before it is killed.
 EXIT_GRACE_S = 5.0
 _RECV_SIZE = 1 << 16
@@ -142,9 +153,12 @@ class ChildProcess:
         self.ready: asyncio.Future[list[str] | None] = loop.create_future()
         self.state: ChildState = "starting"
         self.task: _Task | None = None  # the task it runs (or is about to: see revoking)
-        self.queued: _Task | None = None  # the one behind it in the task pipe
+        self.queue: deque[_Task] = deque()  # the ones behind it in the task pipe, in order
         self.since = 0.0  # loop time when `task` started
-        self.stale = False  # a revoked task may lie unread in its pipe, behind `task`
+        # The task messages that may lie unread in the pipe (revoked ones included): (n,
+        # bytes), and their total, which stays under queue_limit so that writes never wait.
+        self.piped: deque[tuple[int, int]] = deque()
+        self.piped_bytes = 0
         self.sent = 0  # task messages sent (a task's `n`)
         self.generation = 0  # the pool's generation when it was started (see recycle)
         self.exit_fd: int | None = None  # a pidfd, or the process sentinel
@@ -156,17 +170,35 @@ class ChildProcess:
     def dead(self) -> bool:
         return self.exited.done()
 
-    def encode(self, task: _Task) -> tuple[bytes, bool]:
-        """The task's message as this child's next one, and whether it says stop."""
+    def encode(self, task: _Task, n: int) -> tuple[bytes, bool]:
+        """The task's message as this child's task `n`, and whether it says stop."""
         stop = task.io.should_stop()
-        return _dumps(("task", self.sent + 1, task.payload, stop)), stop
+        return _dumps(("task", n, task.payload, stop)), stop
 
-    def send_task(self, task: _Task, data: bytes, stop: bool) -> None:
-        """Write an encoded task: blocking, so only to a child that reads, or a small one."""
-        self.tasks.send_bytes(data)
+    def write(self, data: bytes) -> None:
+        """Write framed task messages: blocking, so only what fits in the pipe's budget (or
+        to a child that reads)."""
+        fd = self.tasks.fileno()
+        written = os.write(fd, data)
+        if written < len(data):
+            view = memoryview(data)[written:]
+            while view:
+                view = view[os.write(fd, view) :]
+
+    def sent_task(self, task: _Task, stop: bool, size: int) -> None:
+        """Note a task written as the next message."""
         self.sent += 1
         task.n = self.sent
         task.stop = stop
+        task.child = self
+        self.piped.append((task.n, size))
+        self.piped_bytes += size
+
+    def consumed(self, n: int) -> None:
+        """The child has read its task messages up to `n`."""
+        piped = self.piped
+        while piped and piped[0][0] <= n:
+            self.piped_bytes -= piped.popleft()[1]
 
     def send(self, message: tuple[Any, ...]) -> None:
         """Frame and write one control message (the child's receiver thread always reads)."""
@@ -190,8 +222,8 @@ def _dumps(message: tuple[Any, ...]) -> bytes:
 
 
 def _queue_limit(tasks: Connection) -> int:
-    """The largest task message that may wait in a busy child's pipe: half its capacity, as
-    one revoked message may lie there unread too."""
+    """How many bytes of task messages may lie unread in a child's pipe (so also the largest
+    that may be queued behind a busy child): half its capacity, less a margin."""
     capacity = 4096  # POSIX guarantees less, but every system in use has at least a page
     with contextlib.suppress(AttributeError, OSError):
         import fcntl
@@ -221,12 +253,17 @@ class ProcessPool:
         log_level: str | int = "INFO",
         grace_s: float = 2.0,
         pipeline: bool = True,
+        depth: int = PIPELINE_DEPTH,
     ) -> None:
-        """`pipeline`: let a busy child hold one queued task (see the module's docstring)."""
+        """`pipeline`: let a busy child hold up to `depth` queued tasks (see the module's
+        docstring)."""
         if size < 1:
             raise ValueError(f"a process pool needs at least one process, got {size}")
+        if depth < 1:
+            raise ValueError(f"a pipeline depth is at least 1, got {depth}")
         self.size = size
         self.pipeline = pipeline
+        self.depth = depth if pipeline else 0
         self._imports = list(imports)
         self._sys_path = list(sys_path)
         self._log_level = log_level
@@ -308,7 +345,7 @@ class ProcessPool:
         """Replace every child with a fresh one that imports the user's code anew (a reload).
 
         Idle children are replaced now; a busy child finishes its task, then retires (its
-        queued task is revoked, to run on new code). Returns once the replacements are ready
+        queued tasks are revoked, to run on new code). Returns once the replacements are ready
         (or after `timeout`), so the next task runs new code.
         """
         if self._closed or not self._started:
@@ -317,8 +354,8 @@ class ProcessPool:
         for child in list(self._idle):
             self._retire(child)
         for child in list(self._children):
-            if child.queued is not None:
-                self._revoke(child.queued)
+            for queued in list(child.queue):
+                self._revoke(queued)
         if self._spawning:
             await asyncio.wait(set(self._spawning), timeout=timeout)
 
@@ -360,82 +397,143 @@ class ProcessPool:
             self._cancel(task)
             raise
 
-    def _pump(self) -> None:
-        """Hand waiting tasks to idle children, best first; then queue them behind busy ones;
-        or, with children idle and nothing waiting, pull back queued tasks stuck behind long
-        ones."""
+    def _pump(self, refill: ChildProcess | None = None) -> None:
+        """Hand waiting tasks to idle children, best first; then queue them behind busy ones
+        (behind `refill`, whose "done" just left, if it has REFILL_AT or fewer queued; behind
+        the others, if they have none); or, with children idle and nothing waiting, pull back
+        queued tasks stuck behind long ones."""
         waiting = self._waiting
         while waiting and self._idle:
-            child = self._idle.popleft()
-            _, _, task = heapq.heappop(waiting)
-            self._dispatch(child, task)
-        if not self.pipeline:
+            handed = []
+            while waiting and self._idle:
+                handed.append((self._idle.popleft(), heapq.heappop(waiting)[2]))
+            for child, task in handed:  # each takes one before any takes more
+                self._dispatch(child, task)
+            # A payload that could not be pickled left its child idle: the loop goes on.
+        if not self.depth:
             return
         if waiting:
+            if refill is not None and len(refill.queue) <= REFILL_AT and self._queueable(refill):
+                self._fill(refill)
             for child in self._children:
                 if not waiting:
                     return
-                if (
-                    child.state == "busy"
-                    and child.queued is None
-                    and not child.stale
-                    and child.task is not None
-                    and not child.task.revoking
-                    and child.generation == self._generation
-                ):
-                    self._queue(child)
+                if not child.queue and self._queueable(child):
+                    self._fill(child, 1)
         elif self._idle:
             self._unblock()
 
+    def _queueable(self, child: ChildProcess) -> bool:
+        task = child.task
+        return (
+            child.state == "busy"
+            and task is not None
+            and not task.revoking
+            and child.generation == self._generation
+        )
+
     def _dispatch(self, child: ChildProcess, task: _Task) -> None:
-        """Hand a task to an idle child (it reads its pipe: the write does not wait)."""
+        """Hand a task to an idle child (it reads its pipe: the write does not wait), with
+        queued tasks behind it in the same write if more wait than there are idle children."""
+        n = child.sent + 1
         try:
-            data, stop = child.encode(task)
+            data, stop = child.encode(task, n)
         except Exception as exc:  # the payload cannot be pickled: fails this task only
             self._idle.appendleft(child)
             if not task.future.done():
                 task.future.set_exception(exc)
             return
+        size = len(data) + 4
+        frames = [_HEADER.pack(len(data)), data]
+        batch: list[tuple[_Task, bool, int]] = []
+        if size <= child.queue_limit and self.depth and len(self._waiting) > len(self._idle):
+            batch = self._take(child, n + 1, self.depth, size, frames)
         try:
-            child.send_task(task, data, stop)
+            if size > child.queue_limit:
+                child.tasks.send_bytes(data)  # a big one: the child reads it as it goes
+            else:
+                child.write(b"".join(frames))
         except (OSError, ValueError):
-            # The child is gone or going and never saw the task: it waits again, in its place.
-            heapq.heappush(self._waiting, (task.order, task.seq, task))
+            # The child is gone or going and never saw the tasks: they wait again, in place.
+            for each in (task, *(queued for queued, _, _ in batch)):
+                heapq.heappush(self._waiting, (each.order, each.seq, each))
             self._retire(child)
             return
-        child.state = "busy"
-        child.task = task
-        task.child = child
-        assert self._loop is not None
-        child.since = self._loop.time()
-        self._watch_stop(task)
-        self._begin(task)
+        self._queued(child, batch, task, stop, size)
 
-    def _queue(self, child: ChildProcess) -> None:
-        """Put the best waiting task in a busy child's pipe, if the message is small enough
-        to lie there without the write waiting for the child."""
-        _, _, task = self._waiting[0]
-        if task.big:
+    def _fill(self, child: ChildProcess, most: int | None = None) -> None:
+        """Queue the best waiting tasks behind a busy child, up to `depth` (or `most`) and as
+        many as fit in its pipe's budget, in one write."""
+        room = self.depth - len(child.queue)
+        frames: list[bytes] = []
+        batch = self._take(
+            child, child.sent + 1, room if most is None else min(room, most), 0, frames
+        )
+        if not batch:
             return
         try:
-            data, stop = child.encode(task)
-        except Exception:
-            task.big = True  # _dispatch reports it, to an idle child
-            return
-        if len(data) > child.queue_limit:
-            task.big = True
-            return
-        heapq.heappop(self._waiting)
-        try:
-            child.send_task(task, data, stop)
+            child.write(b"".join(frames))
         except (OSError, ValueError):  # the child is gone: its exit is on its way
-            heapq.heappush(self._waiting, (task.order, task.seq, task))
+            for task, _, _ in batch:
+                heapq.heappush(self._waiting, (task.order, task.seq, task))
             return
-        child.queued = task
-        task.child = child
-        # A stop goes to it while it is queued: the child may start it before the parent
-        # hears of it, and keeps a stop for a task it has not started yet.
-        self._watch_stop(task)
+        self._queued(child, batch)
+
+    def _take(
+        self, child: ChildProcess, n: int, room: int, taken: int, frames: list[bytes]
+    ) -> list[tuple[_Task, bool, int]]:
+        """Pop the best waiting tasks that may be queued behind a child as its tasks `n`,
+        n + 1...: `room` at most, in the pipe's budget less `taken` bytes; their frames go on
+        `frames`. Stops at a task too big to be queued."""
+        waiting = self._waiting
+        batch: list[tuple[_Task, bool, int]] = []
+        budget = child.queue_limit - child.piped_bytes - taken
+        while waiting and len(batch) < room:
+            task = waiting[0][2]
+            if task.big:
+                break
+            try:
+                data, stop = child.encode(task, n)
+            except Exception:
+                task.big = True  # _dispatch reports it, to an idle child
+                break
+            size = len(data) + 4
+            if size > budget:
+                if size > child.queue_limit:
+                    task.big = True
+                break
+            heapq.heappop(waiting)
+            n += 1
+            budget -= size
+            frames.append(_HEADER.pack(len(data)))
+            frames.append(data)
+            batch.append((task, stop, size))
+        return batch
+
+    def _queued(
+        self,
+        child: ChildProcess,
+        batch: Sequence[tuple[_Task, bool, int]],
+        task: _Task | None = None,
+        stop: bool = False,
+        size: int = 0,
+    ) -> None:
+        """`task` was handed to the idle `child` and the `batch` queued behind it (or behind
+        the task it runs), written in this order."""
+        if task is not None:
+            child.sent_task(task, stop, size)
+            child.state = "busy"
+            child.task = task
+            assert self._loop is not None
+            child.since = self._loop.time()
+            self._watch_stop(task)
+            self._begin(task)
+        for queued, queued_stop, queued_size in batch:
+            child.sent_task(queued, queued_stop, queued_size)
+            child.queue.append(queued)
+            # A stop goes to it while it is queued: the child may start it before the parent
+            # hears of it, and keeps a stop for a task it has not started yet.
+            self._watch_stop(queued)
 
     def _begin(self, task: _Task) -> None:
         """The task starts now: io.started()."""
@@ -471,7 +569,7 @@ class ProcessPool:
     def _stop(self, task: _Task) -> None:
         """Pass a graceful stop on to the task's child (a no-op once the task has ended)."""
         child = task.child
-        if child is None or task.stop or (child.task is not task and child.queued is not task):
+        if child is None or task.stop or (child.task is not task and task not in child.queue):
             return
         task.stop = True
         self._polled.discard(task)
@@ -495,12 +593,12 @@ class ProcessPool:
         assert self._loop is not None
         now, later = self._loop.time(), None
         for child in self._children:
-            queued = child.queued
-            if queued is None or queued.revoking:
+            if not child.queue or all(queued.revoking for queued in child.queue):
                 continue
             due = child.since + HOL_S
             if due <= now:
-                self._revoke(queued)
+                for queued in list(child.queue):
+                    self._revoke(queued)
             elif later is None or due < later:
                 later = due
         if later is not None and self._hol_timer is None:
@@ -520,12 +618,11 @@ class ProcessPool:
             child.send(("revoke", task.n))
 
     def _on_revoked(self, child: ChildProcess, n: int, ok: bool) -> None:
-        if child.queued is not None and child.queued.n == n:
-            task = child.queued
-        elif child.task is not None and child.task.n == n:
-            task = child.task
-        else:
-            return  # it ended meanwhile
+        task = child.task
+        if task is None or task.n != n:
+            task = next((queued for queued in child.queue if queued.n == n), None)
+            if task is None:
+                return  # it ended meanwhile
         task.revoking = False
         if not ok:  # it had started: it runs (and a cancelled one is killed)
             if task is child.task:
@@ -534,17 +631,31 @@ class ProcessPool:
                 else:
                     self._begin(task)
             return
+        # Its message may lie in the pipe until the child reads past it (`piped` counts it).
         task.child = None
-        if task is child.queued:
-            child.queued = None
-            child.stale = True  # its message lies in the pipe until the child reads past it
-        else:  # its predecessor was done: the child read it, skipped it and waits
+        if task is child.task:  # its predecessor was done: the child skips it, takes the next
             child.task = None
-        self._requeue(task)
-        if child.task is None:
-            self._release(child)
+            self._requeue(task)
+            self._next(child)
         else:
+            child.queue.remove(task)
+            self._requeue(task)
             self._pump()
+
+    def _next(self, child: ChildProcess) -> None:
+        """The child's task has ended: it has started its first queued one, or is free."""
+        queue = child.queue
+        if not queue:
+            self._release(child)
+            return
+        # The child has started it already (unless a revoke got there first: the answer tells).
+        task = child.task = queue.popleft()
+        assert self._loop is not None
+        child.since = self._loop.time()
+        if not task.revoking:
+            self._begin(task)
+        if self._waiting:
+            self._pump(child)
 
     def _requeue(self, task: _Task) -> None:
         """A task that never started goes back to waiting, in its place."""
@@ -562,19 +673,20 @@ class ProcessPool:
             self._unqueue(task)
             return
         task.cancelled = True
-        if task is child.queued:
-            self._revoke(task)  # its answer decides: dropped, or killed if it started
-        elif task is child.task:
+        if task is child.task:
             self._kill_running(child)
+        elif task in child.queue:
+            self._revoke(task)  # its answer decides: dropped, or killed if it started
 
     def _kill_running(self, child: ChildProcess) -> None:
-        """Kill a child mid-task (its task was cancelled); its queued task waits again."""
-        task, queued = child.task, child.queued
-        child.task = child.queued = None
+        """Kill a child mid-task (its task was cancelled); its queued tasks wait again."""
+        task, queued = child.task, list(child.queue)
+        child.task = None
+        child.queue.clear()
         if task is not None:
             self._end(task)
-        if queued is not None:
-            self._requeue(queued)
+        for each in queued:
+            self._requeue(each)
         self._retire(child)
         self._pump()
 
@@ -611,23 +723,10 @@ class ProcessPool:
         if tag == "done":
             outcome: dict[str, Any] = message[1]
             outcome.setdefault("state", task.state)
-            child.stale = False  # it has read its pipe up to its next task
+            child.consumed(task.n)  # it has read its pipe up to this task
             child.task = None
             self._end(task, outcome)
-            queued = child.queued
-            if queued is None:
-                self._release(child)
-                return
-            # The child has started the queued task already (unless a revoke got there first:
-            # then the answer tells).
-            child.queued = None
-            child.task = queued
-            assert self._loop is not None
-            child.since = self._loop.time()
-            if not queued.revoking:
-                self._begin(queued)
-            if self._waiting:
-                self._pump()
+            self._next(child)
             return
         if task.cancelled:
             return
@@ -882,8 +981,9 @@ class ProcessPool:
         child.exited.set_result(exitcode)
         if not child.ready.done():
             child.ready.set_result(None)
-        task, queued = child.task, child.queued
-        child.task = child.queued = None
+        task, queued = child.task, list(child.queue)
+        child.task = None
+        child.queue.clear()
         if task is not None:
             message = f"the worker process running the job died ({describe_exit(exitcode)})"
             died = {
@@ -897,11 +997,11 @@ class ProcessPool:
             log.warning(
                 "idle python worker process %s died (%s)", child.pid, describe_exit(exitcode)
             )
-        if queued is not None:  # its predecessor never finished: it never started
-            self._requeue(queued)
+        for each in queued:  # its predecessor never finished: it never started
+            self._requeue(each)
         if child.state in ("idle", "busy"):
             self._retire(child)
-        if queued is not None and not self._closed:
+        if queued and not self._closed:
             self._pump()
 
 
