@@ -30,7 +30,8 @@ class RunChannel:
         self._progress_dirty = False
         self.state: Any = run.state
         self._state_dirty = False
-        self._stop = asyncio.Event()
+        self._stopping = False
+        self._stop: asyncio.Event | None = None  # made when someone waits: most runs never do
         self._on_stop: list[Callable[[], None]] = []
         self.kill_reason: str | None = None
         self.completing = False  # the outcome is being recorded
@@ -65,10 +66,14 @@ class RunChannel:
             self._deadline = loop.call_later(self.job.timeout_s, self.kill, "timeout")
 
     def should_stop(self) -> bool:
-        return self._stop.is_set()
+        return self._stopping
 
     @property
     def stop_event(self) -> asyncio.Event:
+        if self._stop is None:
+            self._stop = asyncio.Event()
+            if self._stopping:
+                self._stop.set()
         return self._stop
 
     # -- worker side --------------------------------------------------------------------------
@@ -77,7 +82,9 @@ class RunChannel:
         return self._progress
 
     def request_stop(self) -> None:
-        self._stop.set()
+        self._stopping = True
+        if self._stop is not None:
+            self._stop.set()
         callbacks, self._on_stop = self._on_stop, []
         for callback in callbacks:
             callback()
@@ -85,7 +92,7 @@ class RunChannel:
     def on_stop(self, callback: Callable[[], None]) -> None:
         """Call `callback` once when a graceful stop is asked for (at once if it already was):
         the python pool relays it to the child running the job without polling."""
-        if self._stop.is_set():
+        if self._stopping:
             callback()
         else:
             self._on_stop.append(callback)

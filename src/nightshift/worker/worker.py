@@ -60,7 +60,7 @@ class Worker:
         self._dry: set[str] = set()
         self._urgent = False  # new work was announced: claim it now, whatever the batch size
         self._run_s: float | None = None  # recent python execution time (moving average)
-        self._completions: asyncio.Queue[tuple[Completion, asyncio.Future[bool]]] = asyncio.Queue()
+        self._completions: asyncio.Queue[tuple[Completion, RunChannel]] = asyncio.Queue()
         self._background: list[asyncio.Task[None]] = []
         self._closing = False
         # One thread for every store call: they queue there anyway (one writer on SQLite), and
@@ -224,34 +224,49 @@ class Worker:
 
     # -- executing ------------------------------------------------------------------------------
     async def _supervise(self, chan: RunChannel) -> None:
+        """Execute a run and hand its outcome to the completer, which records it and then
+        lets the run go (`_recorded`); a run that ends otherwise is let go here."""
         run, job = chan.run, chan.job
-        new_work = run.exclusive  # its end frees the job's slot for a queued run
+        handed = False
         try:
             outcome = await self._execute(chan)
             self._ran(chan)
             if self._urgent:
                 self._wake.set()  # its process is free for the new work announced
-            if chan.kill_reason in ("shutdown", "lost"):
-                return  # released below / owned by another attempt now
-            completion = self._completion(chan, outcome)
-            new_work = new_work or completion.retry is not None
-            chan.completing = True  # its lease ends with the completion: not "lost" after it
-            future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            await self._completions.put((completion, future))
-            if not await future:
-                log.warning("run %s: result discarded, another attempt holds it", run.id)
+            # Shut down: released below; lost: another attempt owns it now.
+            if chan.kill_reason not in ("shutdown", "lost"):
+                completion = self._completion(chan, outcome)
+                chan.completing = True  # its lease ends with the completion: not "lost" after it
+                self._completions.put_nowait((completion, chan))
+                handed = True
         except Exception:
             log.exception("run %s of job %s: could not record its outcome", run.id, job.name)
         finally:
-            self._inflight.pop(run.id, None)
-            if chan.kill_reason == "shutdown":
-                await self._call(
-                    self.store.release, self.owner, [run.id], {run.id: chan.state}, self.clock.now()
-                )
-            if new_work:
-                self.wake()
-            else:
-                self._wake.set()  # a free slot: claim more of what is still due
+            if not handed:
+                self._inflight.pop(run.id, None)
+                if chan.kill_reason == "shutdown":
+                    await self._call(
+                        self.store.release,
+                        self.owner,
+                        [run.id],
+                        {run.id: chan.state},
+                        self.clock.now(),
+                    )
+                if run.exclusive:
+                    self.wake()  # its end frees the job's slot for a queued run
+                else:
+                    self._wake.set()  # a free slot: claim more of what is still due
+
+    def _recorded(self, completion: Completion, chan: RunChannel, recorded: bool) -> None:
+        """The completer recorded a run's outcome (or found it fenced out): the run is over."""
+        run_id = completion.run_id
+        if not recorded:
+            log.warning("run %s: result discarded, another attempt holds it", run_id)
+        self._inflight.pop(run_id, None)
+        if chan.run.exclusive or completion.retry is not None:
+            self.wake()  # a freed exclusive slot, or a retry: both are new work to claim
+        else:
+            self._wake.set()  # a free slot: claim more of what is still due
 
     async def _execute(self, chan: RunChannel) -> Outcome:
         """Run the executor in this task: `chan.kill` cancels it (a timeout armed when the run
@@ -385,10 +400,11 @@ class Worker:
                     failures.failed(exc)
                     await asyncio.sleep(0.5)
             failures.succeeded()
-            for (_, future), ok in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(ok)
-                self._completions.task_done()
+            for (completion, chan), ok in zip(batch, results, strict=True):
+                try:
+                    self._recorded(completion, chan, ok)
+                finally:
+                    self._completions.task_done()
 
     async def _heartbeat(self) -> None:
         last_recovery = self.clock.monotonic()
