@@ -341,6 +341,31 @@ def test_migrate_is_idempotent(store: SqlStore) -> None:
     store.ping()
 
 
+def test_the_known_head_is_alembics_head() -> None:
+    """`migrate.HEAD` lets a process skip Alembic when the schema is current: it must be the
+    newest migration."""
+    from alembic.script import ScriptDirectory
+
+    from nightshift.store.migrate import HEAD, alembic_config
+
+    assert ScriptDirectory.from_config(alembic_config()).get_current_head() == HEAD
+
+
+def test_an_older_schema_is_brought_to_head(store: SqlStore) -> None:
+    from alembic import command
+
+    from nightshift.store.migrate import HEAD, alembic_config, current_revision
+
+    cfg = alembic_config()
+    with store.engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0005")
+        conn.commit()
+    assert current_revision(store.engine) == "0005"
+    store.migrate()
+    assert current_revision(store.engine) == HEAD
+
+
 def test_release_ends_runs_asked_to_stop_as_stopped(store: SqlStore, clock: FakeClock) -> None:
     now = clock.now()
     job = store.create_job(make_job(now))

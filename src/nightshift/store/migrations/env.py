@@ -2,6 +2,7 @@
 
 from alembic import context
 
+from nightshift.store.migrate import VERSION_TABLE
 from nightshift.store.tables import metadata
 
 target_metadata = metadata
@@ -15,7 +16,7 @@ context.configure(
     connection=connection,
     target_metadata=target_metadata,
     render_as_batch=connection.dialect.name == "sqlite",
-    version_table="ns_alembic_version",
+    version_table=VERSION_TABLE,
 )
 with context.begin_transaction():
     context.run_migrations()

@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row, and_, delete, exists, func, insert, or_, select, update
-from sqlalchemy.orm import aliased
 
 from nightshift.domain.alerts import (
     AlertDelivery,
@@ -122,7 +121,7 @@ class AlertStore:
     ) -> list[Run]:
         if not apps:
             return []
-        later = aliased(runs)
+        later = runs.alias()
         retried = exists().where(
             later.c.retry_of == func.coalesce(runs.c.retry_of, runs.c.id),
             later.c.attempt > runs.c.attempt,

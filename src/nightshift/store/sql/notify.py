@@ -19,13 +19,15 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import psycopg
-from psycopg import sql
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 
 from nightshift.outage import one_line
+
+if TYPE_CHECKING:  # imported when a listener runs: a SQLite service never loads the driver
+    import psycopg
 
 log = logging.getLogger("nightshift.notify")
 
@@ -90,6 +92,8 @@ class Listener:
             self.connected = False
 
     async def _listen_forever(self) -> None:
+        import psycopg
+
         delay = self._backoff_min
         failures = 0  # connection attempts failed in a row: the first is a warning, not each
         while True:
@@ -127,6 +131,8 @@ class Listener:
             delay = min(delay * 2, self._backoff_max)
 
     async def _subscribe(self, conn: psycopg.AsyncConnection, failures: int) -> None:
+        from psycopg import sql
+
         cursor = await conn.execute("SELECT coalesce(current_schema(), '')")
         row = await cursor.fetchone()
         self.schema = row[0] if row else ""
