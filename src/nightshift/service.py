@@ -128,20 +128,24 @@ class Service:
         """Enqueue a run now. A test run (`is_test`) is never retried and ignores the job's
         exclusive slot. For http jobs, `params` may override the query, headers and body.
         `job`: the job when the caller has just read it (saves reading it again)."""
-        if job is None or job.id != job_id:
-            job = self.store.get_job(job_id)
-        if params is not None and job.kind == JobKind.HTTP:
-            build_request(job.config, params)  # a bad override fails here, naming params.x
         now = self.clock.now()
-        new = NewRun(
-            job_id=job.id,
-            run_at=now,
-            params=dict(params if params is not None else job.config.get("params") or {}),
-            run_by=run_by,
-            low_priority=job.low_priority if low_priority is None else low_priority,
-            is_test=is_test,
-        )
-        run = self.store.enqueue(new, now)
+
+        def make(job: Job) -> NewRun:
+            if params is not None and job.kind == JobKind.HTTP:
+                build_request(job.config, params)  # a bad override fails here, naming params.x
+            return NewRun(
+                job_id=job.id,
+                run_at=now,
+                params=dict(params if params is not None else job.config.get("params") or {}),
+                run_by=run_by,
+                low_priority=job.low_priority if low_priority is None else low_priority,
+                is_test=is_test,
+            )
+
+        if job is None or job.id != job_id:
+            run = self.store.enqueue_job(job_id, make, now)  # reads the job in the same trip
+        else:
+            run = self.store.enqueue(make(job), now)
         self._on_change()  # wakes an in-process worker at once
         return run
 

@@ -452,3 +452,38 @@ def test_one_batch_of_completions_records_each_as_its_own(
     parent = store.get_run(root.id)
     assert (parent.children_finished, parent.children_failed) == (1, 0)
     assert store.complete([Completion(kid.id, "w", S.FAILED, done_at)]) == [False]  # only once
+
+
+def test_enqueue_job_reads_the_job_and_inserts_in_one_transaction(
+    store: SqlStore, clock: FakeClock
+) -> None:
+    now = clock.now()
+    job = store.create_job(make_job(now, low_priority=True))
+    seen = []
+
+    def make(current):  # type: ignore[no-untyped-def]
+        seen.append(current)
+        return NewRun(job_id=current.id, run_at=now, low_priority=current.low_priority)
+
+    run = store.enqueue_job(job.id, make, now)
+    assert [j.id for j in seen] == [job.id] and seen[0].name == job.name
+    assert run == store.get_run(run.id)
+    assert (run.status, run.low_priority, run.job_name) == ("pending", True, job.name)
+
+    def refuse(current):  # type: ignore[no-untyped-def]
+        raise Conflict("no")
+
+    with pytest.raises(Conflict):
+        store.enqueue_job(job.id, refuse, now)
+    with pytest.raises(NotFound):
+        store.enqueue_job(job.id + 1000, make, now)
+    assert [r.id for r in store.list_runs(job_id=job.id)] == [run.id]  # nothing else written
+
+
+def test_a_new_run_is_inserted_with_every_value_run_values_gives() -> None:
+    from nightshift.store.sql.runs import _NEW_RUN_COLUMNS, run_values
+
+    values = run_values(
+        NewRun(job_id=1, run_at=None), {"app": "a", "kind": "python", "overlap": "allow"}, None
+    )  # type: ignore[arg-type]
+    assert {*values, "root_id", "rank"} == set(_NEW_RUN_COLUMNS)

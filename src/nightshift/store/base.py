@@ -242,6 +242,11 @@ class Store(Protocol):
         """Insert a pending run (a child when `parent_id` is set: root and rank are derived and
         the parent's children count grows). Raise NotFound for an unknown job or parent."""
 
+    def enqueue_job(self, job_id: int, make: Callable[[Job], NewRun], now: datetime) -> Run:
+        """Read the job and insert the run `make(job)` builds, in one transaction (a run by
+        hand: one round trip to the database instead of two). Raise NotFound for an unknown
+        job; whatever `make` raises leaves nothing written."""
+
     def get_run(self, run_id: int) -> Run:
         """Raise NotFound when missing."""
 

@@ -32,6 +32,7 @@ from nightshift.store.sql.engine import (
     reserve_ids,
 )
 from nightshift.store.sql.notify import JOBS, notify
+from nightshift.store.sql.prepared import Prepares
 from nightshift.store.tables import apps, jobs, meta, runs
 
 SCHEDULE_VERSION = "schedule_version"
@@ -101,7 +102,7 @@ class CatalogStore:
             except IntegrityError as exc:
                 raise Conflict(f"app {job.app!r} already has a job named {job.name!r}") from exc
             _bump_version(conn)
-            return _get_job(conn, job_id)
+            return read_job(conn, job_id)
 
     def create_jobs(self, new: Sequence[Job]) -> list[int]:
         if not new:
@@ -127,7 +128,7 @@ class CatalogStore:
 
     def get_job(self, job_id: int) -> Job:
         with self._tx.read() as conn:
-            return _get_job(conn, job_id)
+            return read_job(conn, job_id)
 
     def find_job(self, app: str, name: str) -> Job | None:
         with self._tx.read() as conn:
@@ -178,7 +179,7 @@ class CatalogStore:
             if count == 0:
                 raise NotFound("job", job_id)
             _bump_version(conn)
-            return _get_job(conn, job_id)
+            return read_job(conn, job_id)
 
     def delete_job(self, job_id: int) -> None:
         with self._tx.write() as conn:
@@ -247,11 +248,12 @@ def _name_taken(conn: Connection, new: Sequence[Job]) -> Conflict | None:
     return None
 
 
-_GET_JOB = select(*JOB_COLUMNS).where(jobs.c.id == bindparam("job_id"))  # built once: hot
+# Run on the driver (prepared.py): every enqueue by hand reads its job first.
+_GET_JOB = Prepares(select(*JOB_COLUMNS).where(jobs.c.id == bindparam("job_id")))
 
 
-def _get_job(conn: Connection, job_id: int) -> Job:
-    row = conn.execute(_GET_JOB, {"job_id": job_id}).first()
+def read_job(conn: Connection, job_id: int) -> Job:
+    row = _GET_JOB.first(conn, {"job_id": job_id})
     if row is None:
         raise NotFound("job", job_id)
     return job_from_row(row)

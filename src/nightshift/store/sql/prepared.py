@@ -135,3 +135,25 @@ def _cursor(conn: Connection, sql: str, params: Any) -> Iterator[Any]:
     finally:
         with contextlib.suppress(Exception):
             cursor.close()
+
+
+class Prepares:
+    """A statement prepared for each dialect it meets, on first use (statements are defined at
+    import, before an engine says which dialect it speaks)."""
+
+    def __init__(self, statement: Executable) -> None:
+        self.statement = statement
+        self._by_dialect: dict[str, Prepared] = {}
+
+    def on(self, conn: Connection) -> Prepared:
+        prepared = self._by_dialect.get(conn.dialect.name)
+        if prepared is None:
+            prepared = self._by_dialect[conn.dialect.name] = Prepared(self.statement, conn.dialect)
+        return prepared
+
+    def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return self.on(conn).rows(conn, params)
+
+    def first(self, conn: Connection, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        rows = self.on(conn).rows(conn, params)
+        return rows[0] if rows else None

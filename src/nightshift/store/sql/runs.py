@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -11,9 +11,11 @@ from sqlalchemy import Connection, bindparam, func, insert, or_, select, update
 from nightshift.domain.models import Job, LogLine, Overlap, Run
 from nightshift.errors import NotFound
 from nightshift.store.base import NewRun
+from nightshift.store.sql.catalog import read_job
 from nightshift.store.sql.codec import log_from_row, run_from_row
 from nightshift.store.sql.engine import Transactions
 from nightshift.store.sql.notify import RUNS, notify
+from nightshift.store.sql.prepared import Prepares
 from nightshift.store.tables import jobs, run_logs, runs
 
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
@@ -25,11 +27,44 @@ def run_query():  # type: ignore[no-untyped-def]
     return select(*RUN_COLUMNS).join(jobs, jobs.c.id == runs.c.job_id)
 
 
-# Built once: enqueueing is a hot path, and building statements costs more than running them.
-_JOB_OF_RUN = select(jobs.c.app, jobs.c.kind, jobs.c.overlap, jobs.c.name).where(
-    jobs.c.id == bindparam("job_id")
+# Built once and run on the driver (prepared.py): enqueueing is a hot path, and SQLAlchemy's
+# per-statement machinery costs more than running them.
+_JOB_OF_RUN = Prepares(
+    select(jobs.c.app, jobs.c.kind, jobs.c.overlap, jobs.c.name).where(
+        jobs.c.id == bindparam("job_id")
+    )
 )
-_INSERT_RUN = insert(runs).returning(*runs.c)
+#: The columns a new run is inserted with (run_values, and its place in a tree); the others
+#: take their server defaults.
+_NEW_RUN_COLUMNS = (
+    "job_id",
+    "app",
+    "kind",
+    "status",
+    "created_at",
+    "run_at",
+    "scheduled_for",
+    "attempt",
+    "retry_of",
+    "low_priority",
+    "run_by",
+    "parent_id",
+    "root_id",
+    "rank",
+    "params",
+    "state",
+    "reason",
+    "skip_count",
+    "exclusive",
+    "is_test",
+    "lost_streak",
+    "finished_at",
+)
+_INSERT_RUN = Prepares(
+    insert(runs)
+    .values({name: bindparam(name, type_=runs.c[name].type) for name in _NEW_RUN_COLUMNS})
+    .returning(*runs.c)
+)
 
 
 class RunStore:
@@ -37,12 +72,23 @@ class RunStore:
 
     def enqueue(self, new: NewRun, now: datetime) -> Run:
         with self._tx.write() as conn:
-            job_row = conn.execute(_JOB_OF_RUN, {"job_id": new.job_id}).first()
+            job_row = _JOB_OF_RUN.first(conn, {"job_id": new.job_id})
             if job_row is None:
                 raise NotFound("job", new.job_id)
-            row = _insert_run_row(conn, new, job_row._mapping, now)
+            row = _insert_run_row(conn, new, job_row, now)
             notify(conn, RUNS)
-        return run_from_row({**row._mapping, "job_name": job_row.name})
+        row["job_name"] = job_row["name"]
+        return run_from_row(row)
+
+    def enqueue_job(self, job_id: int, make: Callable[[Job], NewRun], now: datetime) -> Run:
+        with self._tx.write() as conn:
+            job = read_job(conn, job_id)
+            new = make(job)
+            mapping = {"app": job.app, "kind": str(job.kind), "overlap": str(job.overlap)}
+            row = _insert_run_row(conn, new, mapping, now)
+            notify(conn, RUNS)
+        row["job_name"] = job.name
+        return run_from_row(row)
 
     def get_run(self, run_id: int) -> Run:
         with self._tx.read() as conn:
@@ -131,10 +177,10 @@ def get_run(conn: Connection, run_id: int) -> Run:
 
 def insert_run(conn: Connection, new: NewRun, job: Any, now: datetime) -> int:
     """Insert one run of `job` (a row mapping of jobs); children update their parent and root."""
-    return int(_insert_run_row(conn, new, job, now).id)
+    return int(_insert_run_row(conn, new, job, now)["id"])
 
 
-def _insert_run_row(conn: Connection, new: NewRun, job: Any, now: datetime) -> Any:
+def _insert_run_row(conn: Connection, new: NewRun, job: Any, now: datetime) -> dict[str, Any]:
     root_id: int | None = None
     rank = 0
     if new.parent_id is not None:
@@ -158,7 +204,8 @@ def _insert_run_row(conn: Connection, new: NewRun, job: Any, now: datetime) -> A
             )
     values = run_values(new, job, now)
     values.update(root_id=root_id, rank=rank)
-    return conn.execute(_INSERT_RUN, values).one()
+    (row,) = _INSERT_RUN.rows(conn, values)
+    return row
 
 
 def run_values(new: NewRun, job: Any, now: datetime) -> dict[str, Any]:
