@@ -1,6 +1,6 @@
 """The benchmark suite: `make bench` (full) and `make bench-quick` (under two minutes).
 
-    .venv/bin/python bench/run.py --quick|--full [--only throughput,lateness,scale,http]
+    .venv/bin/python bench/run.py --quick|--full [--only throughput,lateness,scale,stats,http]
                                   [--no-record]
 
 Each benchmark runs in a process of its own (clean RSS, no state carried over), prints its
@@ -30,12 +30,14 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
             "scale",
             ["--schedules", "10000", "--runs", "100000", "--create-budget", "6", *SQLITE],
         ),
+        ("stats", ["--runs", "100000", *SQLITE]),
         ("http", ["--n", "200"]),
     ],
     "full": [
         ("throughput", ["--n", "20000", "--mode", "both"]),
         ("lateness", ["--jobs", "1000", "--duration", "60", "--schedulers", "3"]),
         ("scale", ["--schedules", "100000", "--runs", "1000000", "--create-budget", "900"]),
+        ("stats", ["--runs", "1000000"]),
         ("http", ["--n", "1000"]),
     ],
 }
@@ -82,7 +84,7 @@ def main() -> None:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--quick", action="store_true")
     group.add_argument("--full", action="store_true")
-    parser.add_argument("--only", help="comma-separated: throughput,lateness,scale,http")
+    parser.add_argument("--only", help="comma-separated: throughput,lateness,scale,stats,http")
     parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args()
     suite = "quick" if args.quick else "full"
