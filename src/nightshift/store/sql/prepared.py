@@ -50,46 +50,57 @@ class Prepared:
         by_name = {name: bind for bind, name in compiled.bind_names.items()}
         names = list(compiled.positiontup or ()) if compiled.positional else list(by_name)
         self._positional = compiled.positional
-        # (name, fixed value or _REQUIRED, processor): values given at execution override.
-        self._binds: list[tuple[str, Any, Processor]] = []
+        # (name, fixed value or _REQUIRED, processor, what the processor makes of None): values
+        # given at execution override. None is encoded once here: most optional values are
+        # None, and a JSON column would serialise each one again.
+        self._binds: list[tuple[str, Any, Processor, Any]] = []
         for name in names:
             bind = by_name[name]
             process = bind.type.dialect_impl(dialect).bind_processor(dialect)
             fixed = _REQUIRED
             if not bind.required and bind.callable is None:  # a literal of the statement
                 fixed = process(bind.value) if process else bind.value
-            self._binds.append((name, fixed, process))
+            none = process(None) if process is not None else None
+            self._binds.append((name, fixed, process, none))
+        self._names = [b[0] for b in self._binds]
         self._dialect = dialect
         self._columns = list(getattr(statement, "exported_columns", ()))
         self._keys = [column.key for column in self._columns]
-        self._results: list[tuple[int, Processor]] | None = None  # from the first result
+        self._results: list[tuple[int, Processor, Any]] | None = None  # from the first result
 
     def _encode(self, params: Mapping[str, Any]) -> Any:
         values = []
-        for name, fixed, process in self._binds:
+        for name, fixed, process, none in self._binds:
             if fixed is not _REQUIRED and name not in params:
                 values.append(fixed)
                 continue
             value = params[name]
-            values.append(process(value) if process is not None else value)
+            if value is None:
+                values.append(none)
+            else:
+                values.append(process(value) if process is not None else value)
         if self._positional:
             return tuple(values)
-        return dict(zip((b[0] for b in self._binds), values, strict=True))
+        return dict(zip(self._names, values, strict=True))
 
-    def _result_processors(self, description: Sequence[Any]) -> list[tuple[int, Processor]]:
+    def _result_processors(self, description: Sequence[Any]) -> list[tuple[int, Processor, Any]]:
         """Each column's result processor, for the type the driver reports (as SQLAlchemy
-        picks them: some depend on it, e.g. PostgreSQL's numeric types)."""
+        picks them: some depend on it, e.g. PostgreSQL's numeric types), with what it makes
+        of NULL (worked out once: most optional columns are NULL)."""
         dialect = self._dialect
-        return [
-            (i, p)
-            for i, column in enumerate(self._columns)
-            if (p := column.type.dialect_impl(dialect).result_processor(dialect, description[i][1]))
-        ]
+        processors = []
+        for i, column in enumerate(self._columns):
+            impl = column.type.dialect_impl(dialect)
+            process = impl.result_processor(dialect, description[i][1])
+            if process is not None:
+                processors.append((i, process, process(None)))
+        return processors
 
     def _decode(self, row: Sequence[Any]) -> dict[str, Any]:
         values = list(row)
-        for i, process in self._results or ():
-            values[i] = process(values[i])
+        for i, process, null in self._results or ():
+            value = values[i]
+            values[i] = null if value is None else process(value)
         return dict(zip(self._keys, values, strict=True))
 
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
