@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from operator import attrgetter
 from typing import Any
 
 from nightshift.domain.status import RunStatus
@@ -95,6 +96,7 @@ class Job:
 #: fair share between roots (rank), then oldest due. The store's claim query and the python
 #: pool's waiting line both follow it.
 CLAIM_ORDER = ("low_priority", "rank", "run_at", "id")
+_claim_key = attrgetter(*CLAIM_ORDER)  # per run on the worker's hot path
 
 
 @dataclass(slots=True)
@@ -136,7 +138,7 @@ class Run:
 
     @property
     def claim_order(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in CLAIM_ORDER)
+        return _claim_key(self)  # type: ignore[no-any-return]
 
     def waiting_s(self, now: datetime) -> float | None:
         """Created to started (seed 002); grows while the run is pending, None if it never ran."""
