@@ -75,6 +75,26 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> No
         await asyncio.sleep(0.005)
 
 
+Runs = tuple[ChildProcess, asyncio.Task[dict[str, Any]], asyncio.Task[dict[str, Any]]]
+
+
+async def queue_behind(
+    pool: ProcessPool,
+    running: tuple[dict[str, Any], MemoryIO],
+    queued: tuple[dict[str, Any], MemoryIO],
+    started: Callable[[], bool] | None = None,
+) -> Runs:
+    """The pool's only child runs `running` (started: `started()`, or its io's start) with
+    `queued` in its pipe behind it: the child and both runs."""
+    [child] = pool.children
+    payload_, io = running
+    first = asyncio.create_task(pool.run(payload_, io))
+    await wait_until(started or (lambda: io.started_count == 1))
+    second = asyncio.create_task(pool.run(*queued))
+    await wait_until(lambda: bool(child.queue))
+    return child, first, second
+
+
 def logged_pid(io: MemoryIO) -> int:
     [(_, line)] = [entry for entry in io.lines if entry[1].startswith("pid ")]
     return int(line.split()[1])
@@ -336,13 +356,13 @@ async def test_a_cancelled_waiting_task_never_runs_and_kills_nothing(
 
 async def test_a_killed_childs_queued_task_runs_on_the_replacement(make_pool: MakePool) -> None:
     pool = await make_pool(1)
-    [child] = pool.children
-    spin_io = MemoryIO()
-    spinning = asyncio.create_task(pool.run(payload("tests.jobs_sample:spin"), spin_io))
-    await wait_until(lambda: ("INFO", "spinning") in spin_io.lines)
-    queued_io = RecordingIO()
-    queued = asyncio.create_task(pool.run(payload("pid"), queued_io))
-    await wait_until(lambda: child.queue)
+    spin_io, queued_io = MemoryIO(), RecordingIO()
+    child, spinning, queued = await queue_behind(
+        pool,
+        (payload("tests.jobs_sample:spin"), spin_io),
+        (payload("pid"), queued_io),
+        started=lambda: ("INFO", "spinning") in spin_io.lines,
+    )
     spinning.cancel()  # SIGKILL: the queued task never started there
     with pytest.raises(asyncio.CancelledError):
         await spinning
@@ -537,13 +557,10 @@ async def test_a_stop_asked_while_queued_reaches_the_task_and_not_the_next(
     make_pool: MakePool,
 ) -> None:
     pool = await make_pool(1)
-    [child] = pool.children
-    io = RecordingIO()
-    blocker = asyncio.create_task(pool.run(payload("sleep", s=0.3), io))
-    await wait_until(lambda: io.started_count == 1)
     stopped_io = MemoryIO()
-    stopped = asyncio.create_task(pool.run(payload("stop_seen"), stopped_io))
-    await wait_until(lambda: child.queue)
+    _, blocker, stopped = await queue_behind(
+        pool, (payload("sleep", s=0.3), RecordingIO()), (payload("stop_seen"), stopped_io)
+    )
     stopped_io.stop_event.set()
     await blocker
     outcome = await stopped
@@ -619,13 +636,10 @@ async def test_close_fails_waiting_and_queued_tasks(make_pool: MakePool) -> None
 
 async def test_recycle_moves_a_queued_task_to_a_new_child(make_pool: MakePool) -> None:
     pool = await make_pool(1)
-    [child] = pool.children
-    blocker_io = RecordingIO()
-    blocker = asyncio.create_task(pool.run(payload("sleep", s=0.5), blocker_io))
-    await wait_until(lambda: blocker_io.started_count == 1)
-    queued_io = MemoryIO()
-    queued = asyncio.create_task(pool.run(payload("pid"), queued_io))
-    await wait_until(lambda: child.queue)
+    blocker_io, queued_io = RecordingIO(), MemoryIO()
+    child, blocker, queued = await queue_behind(
+        pool, (payload("sleep", s=0.5), blocker_io), (payload("pid"), queued_io)
+    )
     await pool.recycle()
     await wait_until(lambda: not child.queue)  # revoked: it waits for new code
     await asyncio.wait_for(asyncio.gather(blocker, queued), 10)

@@ -22,7 +22,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Dialect as SaDialect
 
 from nightshift.domain.models import CLAIM_ORDER, JSON
 from nightshift.domain.status import EXECUTING, RunStatus
@@ -30,7 +29,7 @@ from nightshift.store.base import ClaimedRun, Completion, NewRun, RunProgress, S
 from nightshift.store.sql.codec import encode_job_changes, job_from_row, run_from_row
 from nightshift.store.sql.engine import Dialect, Transactions
 from nightshift.store.sql.notify import RUNS, notify
-from nightshift.store.sql.prepared import Prepared, one_of
+from nightshift.store.sql.prepared import Prepares, one_of
 from nightshift.store.sql.runs import insert_run, run_query
 from nightshift.store.tables import jobs, run_logs, runs
 
@@ -38,57 +37,52 @@ _EXECUTING = [str(s) for s in EXECUTING]
 _FINAL_FOR_PARENT = {"succeeded", "failed", "cancelled"}  # a stopped run may resume
 
 
-# Compiled once per dialect and run on the driver (see prepared.py): claiming and completing
-# are the hottest paths, and SQLAlchemy's per-statement machinery costs more than running them.
-class _Statements:
-    def __init__(self, dialect: SaDialect) -> None:
-        name = dialect.name
-        now = bindparam("now", type_=runs.c.run_at.type)
-        candidates = (
-            select(runs.c.id, runs.c.job_id, runs.c.exclusive)
-            .where(runs.c.status == "pending", runs.c.run_at <= now)
-            .where(one_of(runs.c.kind, "kinds", name))
-            .order_by(*(runs.c[column] for column in CLAIM_ORDER))
-            .limit(bindparam("n"))
+# Prepared per dialect and run on the driver (see prepared.py): claiming and completing are
+# the hottest paths, and SQLAlchemy's per-statement machinery costs more than running them.
+def _candidates(dialect: str) -> Any:
+    query = (
+        select(runs.c.id, runs.c.job_id, runs.c.exclusive)
+        .where(
+            runs.c.status == "pending", runs.c.run_at <= bindparam("now", type_=runs.c.run_at.type)
         )
-        held = (
-            select(runs.c.id, runs.c.job_id, runs.c.parent_id, runs.c.exclusive)
-            .where(one_of(runs.c.id, "ids", name), runs.c.lease_owner == bindparam("owner"))
-            .where(one_of(runs.c.status, "executing", name, _EXECUTING))
-            .order_by(runs.c.id)  # one lock order for every writer: no deadlock between them
+        .where(one_of(runs.c.kind, "kinds", dialect))
+        .order_by(*(runs.c[column] for column in CLAIM_ORDER))
+        .limit(bindparam("n"))
+    )
+    if dialect == "postgresql":
+        # NO KEY UPDATE: workers exclude each other, not a transaction adding log lines.
+        query = query.with_for_update(skip_locked=True, key_share=True)
+    return query
+
+
+def _take(dialect: str) -> Any:
+    return (
+        update(runs)
+        .where(one_of(runs.c.id, "ids", dialect))
+        .values(
+            status="running",
+            started_at=bindparam("now", type_=runs.c.started_at.type),
+            lease_owner=bindparam("owner"),
+            lease_expires_at=bindparam("expires", type_=runs.c.lease_expires_at.type),
         )
-        if name == "postgresql":
-            # NO KEY UPDATE: workers exclude each other, not a transaction adding log lines.
-            candidates = candidates.with_for_update(skip_locked=True, key_share=True)
-            held = held.with_for_update(key_share=True)
-        self.candidates = Prepared(candidates, dialect)
-        self.held = Prepared(held, dialect)
-        take = (
-            update(runs)
-            .where(one_of(runs.c.id, "ids", name))
-            .values(
-                status="running",
-                started_at=bindparam("now", type_=runs.c.started_at.type),
-                lease_owner=bindparam("owner"),
-                lease_expires_at=bindparam("expires", type_=runs.c.lease_expires_at.type),
-            )
-            .returning(*runs.c)
-        )
-        self.take = Prepared(take, dialect)
-        self.jobs = Prepared(select(jobs).where(one_of(jobs.c.id, "ids", name)), dialect)
-        self.complete = {
-            keep: Prepared(_completion_update(keep), dialect) for keep in (False, True)
-        }
+        .returning(*runs.c)
+    )
 
 
-_STATEMENTS: dict[str, _Statements] = {}
+def _held(dialect: str) -> Any:
+    query = (
+        select(runs.c.id, runs.c.job_id, runs.c.parent_id, runs.c.exclusive)
+        .where(one_of(runs.c.id, "ids", dialect), runs.c.lease_owner == bindparam("owner"))
+        .where(one_of(runs.c.status, "executing", dialect, _EXECUTING))
+        .order_by(runs.c.id)  # one lock order for every writer: no deadlock between them
+    )
+    return query.with_for_update(key_share=True) if dialect == "postgresql" else query
 
 
-def _statements(conn: Connection) -> _Statements:
-    statements = _STATEMENTS.get(conn.dialect.name)
-    if statements is None:  # built on first use, with the engine's own dialect
-        statements = _STATEMENTS[conn.dialect.name] = _Statements(conn.dialect)
-    return statements
+_CANDIDATES = Prepares(_candidates)
+_TAKE = Prepares(_take)
+_JOBS = Prepares(lambda dialect: select(jobs).where(one_of(jobs.c.id, "ids", dialect)))
+_HELD = Prepares(_held)
 
 
 class LeaseStore:
@@ -110,10 +104,9 @@ class LeaseStore:
         expires = now + timedelta(seconds=lease_s)
         with self._tx.write() as conn:
             chosen: list[int] = []
-            sql = _statements(conn)
             for kinds, limit in slots:
                 params = {"now": now, "kinds": list(kinds), "n": limit}
-                for row in sql.candidates.rows(conn, params):
+                for row in _CANDIDATES.rows(conn, params):
                     if row["exclusive"] and not _take_slot(conn, row["job_id"], row["id"]):
                         continue
                     chosen.append(row["id"])
@@ -121,9 +114,9 @@ class LeaseStore:
                 return []
             # The batch comes back in two statements whatever its size, in the order chosen.
             taken = {"ids": chosen, "owner": owner, "now": now, "expires": expires}
-            by_run = {r["id"]: r for r in sql.take.rows(conn, taken)}
+            by_run = {r["id"]: r for r in _TAKE.rows(conn, taken)}
             job_ids = list({r["job_id"] for r in by_run.values()})
-            by_job = {j["id"]: job_from_row(j) for j in sql.jobs.rows(conn, {"ids": job_ids})}
+            by_job = {j["id"]: job_from_row(j) for j in _JOBS.rows(conn, {"ids": job_ids})}
         claimed = []
         for run_id in chosen:
             row = by_run[run_id]
@@ -350,6 +343,9 @@ def _completion_update(keep_state: bool) -> Any:
     return update(runs).where(runs.c.id == bindparam("c_id")).values(values)
 
 
+_COMPLETE = {keep: Prepares(_completion_update(keep)) for keep in (False, True)}
+
+
 def _complete_many(
     conn: Connection, completions: Sequence[Completion], *, keep_state: bool = False
 ) -> list[bool]:
@@ -359,16 +355,15 @@ def _complete_many(
     Returns, per completion, whether it was recorded (False: fenced out)."""
     if not completions:
         return []
-    sql = _statements(conn)
     held: dict[int, Any] = {}
     for owner in {c.owner for c in completions}:
         ids = [c.run_id for c in completions if c.owner == owner]
-        rows = sql.held.rows(conn, {"ids": ids, "owner": owner})
+        rows = _HELD.rows(conn, {"ids": ids, "owner": owner})
         held.update((row["id"], row) for row in rows)
     mine = [c for c in completions if c.run_id in held]
     if not mine:
         return [False] * len(completions)
-    sql.complete[keep_state].many(
+    _COMPLETE[keep_state].many(
         conn,
         [
             {

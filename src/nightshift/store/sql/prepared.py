@@ -150,17 +150,23 @@ def _cursor(conn: Connection, sql: str, params: Any) -> Iterator[Any]:
 
 class Prepares:
     """A statement prepared for each dialect it meets, on first use (statements are defined at
-    import, before an engine says which dialect it speaks)."""
+    import, before an engine says which dialect it speaks). `statement` is the statement, or
+    a function that builds it for a dialect's name when the text must differ (`one_of`)."""
 
-    def __init__(self, statement: Executable) -> None:
-        self.statement = statement
+    def __init__(self, statement: Executable | Callable[[str], Executable]) -> None:
+        self._build = statement if callable(statement) else lambda _name: statement
         self._by_dialect: dict[str, Prepared] = {}
 
     def on(self, conn: Connection) -> Prepared:
-        prepared = self._by_dialect.get(conn.dialect.name)
+        dialect = conn.dialect
+        prepared = self._by_dialect.get(dialect.name)
         if prepared is None:
-            prepared = self._by_dialect[conn.dialect.name] = Prepared(self.statement, conn.dialect)
+            prepared = Prepared(self._build(dialect.name), dialect)
+            self._by_dialect[dialect.name] = prepared
         return prepared
+
+    def many(self, conn: Connection, params: Sequence[Mapping[str, Any]]) -> None:
+        self.on(conn).many(conn, params)
 
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         return self.on(conn).rows(conn, params)

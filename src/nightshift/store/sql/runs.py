@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -72,23 +72,16 @@ class RunStore:
 
     def enqueue(self, new: NewRun, now: datetime) -> Run:
         with self._tx.write() as conn:
-            job_row = _JOB_OF_RUN.first(conn, {"job_id": new.job_id})
-            if job_row is None:
+            job = _JOB_OF_RUN.first(conn, {"job_id": new.job_id})
+            if job is None:
                 raise NotFound("job", new.job_id)
-            row = _insert_run_row(conn, new, job_row, now)
-            notify(conn, RUNS)
-        row["job_name"] = job_row["name"]
-        return run_from_row(row)
+            return _enqueue(conn, new, job, now)
 
     def enqueue_job(self, job_id: int, make: Callable[[Job], NewRun], now: datetime) -> Run:
         with self._tx.write() as conn:
             job = read_job(conn, job_id)
-            new = make(job)
-            mapping = {"app": job.app, "kind": str(job.kind), "overlap": str(job.overlap)}
-            row = _insert_run_row(conn, new, mapping, now)
-            notify(conn, RUNS)
-        row["job_name"] = job.name
-        return run_from_row(row)
+            row = {"app": job.app, "kind": str(job.kind), "overlap": str(job.overlap)}
+            return _enqueue(conn, make(job), {**row, "name": job.name}, now)
 
     def get_run(self, run_id: int) -> Run:
         with self._tx.read() as conn:
@@ -172,6 +165,14 @@ def get_run(conn: Connection, run_id: int) -> Run:
     row = conn.execute(run_query().where(runs.c.id == run_id)).first()
     if row is None:
         raise NotFound("run", run_id)
+    return run_from_row(row)
+
+
+def _enqueue(conn: Connection, new: NewRun, job: Mapping[str, Any], now: datetime) -> Run:
+    """Insert a pending run of `job` (app, kind, overlap, name) and tell the workers."""
+    row = _insert_run_row(conn, new, job, now)
+    notify(conn, RUNS)
+    row["job_name"] = job["name"]
     return run_from_row(row)
 
 
