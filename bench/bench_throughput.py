@@ -36,6 +36,7 @@ from typing import Any
 
 from benchlib import (
     NIGHTSHIFT,
+    CpuMeter,
     Results,
     TempDatabase,
     add_common_args,
@@ -95,6 +96,9 @@ class Completions(CallStats):
         self.done = asyncio.Event()
         self.first_at: float | None = None
         self.done_at: float | None = None
+        #: CPU by part from the first committed completion to the last (the steady drain).
+        self.meter = CpuMeter()
+        self.first_items = 0
 
     def __call__(self, completions: Any) -> Any:
         result = super().__call__(completions)
@@ -108,8 +112,11 @@ class Completions(CallStats):
         now = time.perf_counter()
         if self.first_at is None and self.items:
             self.first_at = now
+            self.first_items = self.items
+            self.meter.start()
         if self.items >= self.n and self.done_at is None:
             self.done_at = now
+            self.meter.stop()
             self.loop.call_soon_threadsafe(self.done.set)
         return result
 
@@ -247,6 +254,7 @@ def run_inprocess(
                 "verified": check["verified"],
             },
             mode="inprocess",
+            cpu_us_per_job=completions.meter.per_job_us(max(1, done - completions.first_items)),
             load1_before=load_before,
             settings={
                 "worker_processes": settings.worker_processes,

@@ -307,7 +307,7 @@ class Results:
         row.setdefault("load1", load1())
         shown = ", ".join(f"{k}={v}" for k, v in figures.items())
         print(f"[{bench} / {backend}] {shown}", flush=True)
-        for key in ("notes",):
+        for key in ("cpu_us_per_job", "notes"):
             if context.get(key):
                 print(f"    {key}: {context[key]}", flush=True)
         if self.path:
@@ -327,3 +327,65 @@ def add_common_args(parser: Any) -> None:
 
 def backends(args: Any) -> list[str]:
     return args.backend or ["sqlite", "postgresql"]
+
+
+class CpuMeter:
+    """CPU seconds spent by the parts of a drain, read from /proc (exact, unlike sampling):
+    this process's threads by name, its child processes (the python pool), and PostgreSQL's
+    server processes. `start()` and `stop()` bracket the drain; `per_job_us(n)` divides."""
+
+    def __init__(self) -> None:
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._start: dict[str, float] = {}
+        self.parts: dict[str, float] = {}
+
+    def _proc_cpu(self, path: str) -> float:
+        try:
+            with open(path) as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / self._tick  # utime + stime
+
+    def read(self) -> dict[str, float]:
+        import threading
+
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        out: dict[str, float] = {}
+        for tid in os.listdir("/proc/self/task"):
+            name = names.get(int(tid), "other threads")
+            name = "main thread" if name == "MainThread" else name.rstrip("_0123456789")
+            out[name] = out.get(name, 0.0) + self._proc_cpu(f"/proc/self/task/{tid}/stat")
+        me = os.getpid()
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    head, tail = fh.read().rsplit(")", 1)
+            except OSError:
+                continue
+            ppid = int(tail.split()[1])
+            comm = head.split("(", 1)[1]
+            part = None
+            if ppid == me:
+                part = "pool children"
+            elif comm.startswith("postgres"):
+                part = "postgresql server"
+            if part is not None:
+                out[part] = out.get(part, 0.0) + self._proc_cpu(f"/proc/{pid}/stat")
+        return out
+
+    def start(self) -> None:
+        self._start = self.read()
+
+    def stop(self) -> None:
+        end = self.read()
+        # A child that exited during the drain is lost to this count (its time went to us
+        # only once reaped): the pool's children live through the drain.
+        self.parts = {k: max(0.0, v - self._start.get(k, 0.0)) for k, v in end.items()}
+
+    def per_job_us(self, n: int) -> dict[str, float]:
+        per = {k: round(1e6 * v / n) for k, v in sorted(self.parts.items()) if v > 0}
+        per["total"] = round(1e6 * sum(self.parts.values()) / n)
+        return per

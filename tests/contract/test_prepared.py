@@ -14,6 +14,7 @@ from nightshift.clock import FakeClock
 from nightshift.store import SqlStore, open_store
 from nightshift.store.base import Completion, NewRun
 from nightshift.store.sql import engine as engine_module
+from nightshift.store.sql import leases
 from nightshift.store.sql.prepared import Prepared, one_of
 from nightshift.store.tables import apps, jobs, runs
 from tests.conftest import PG_URL
@@ -175,3 +176,38 @@ def test_a_runs_family_is_found_through_the_partial_lineage_index(
         plan = "\n".join(str(row) for row in cursor.fetchall())
         assert "runs_root" in plan, plan
         assert sorted(conn.scalars(query, {"root": root.id})) == [k.id for k in kids]
+
+
+def test_a_claim_walks_the_claim_index_in_order_whatever_the_statistics_say(
+    store: SqlStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of runs outruns the table statistics (here: none yet), which say hardly any
+    run is pending. A claim must still take the first runs of runs_claim in order, never read
+    and sort the whole backlog: PostgreSQL's planner did (10-17 ms per claim of 64 with 20,000
+    pending, against 0.1 ms)."""
+    now = clock.now()
+    job = store.create_job(make_job(now))
+    store.enqueue_many([NewRun(job_id=job.id, run_at=now) for _ in range(20_000)], now)
+    now += timedelta(seconds=1)
+
+    plans: list[str] = []
+    candidates = leases._CANDIDATES
+
+    class Explained:
+        """The claim's candidate query, explained in the claim's own transaction first."""
+
+        def rows(self, conn: object, params: dict[str, object]) -> list[dict[str, object]]:
+            prepared = candidates.on(conn)  # type: ignore[arg-type]
+            explain = "EXPLAIN QUERY PLAN " if store.dialect == "sqlite" else "EXPLAIN "
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[attr-defined]
+            cursor.execute(explain + prepared.sql, prepared._encode(params))
+            plans.append("\n".join(str(row) for row in cursor.fetchall()))
+            return candidates.rows(conn, params)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(leases, "_CANDIDATES", Explained())
+    claimed = store.claim("w1", now, 30, 64, ["python"])
+    (plan,) = plans
+    assert "runs_claim" in plan, plan
+    assert "Sort" not in plan and "B-TREE FOR ORDER BY" not in plan, plan
+    ids = [c.run.id for c in claimed]
+    assert len(ids) == 64 and ids == sorted(ids) and ids[0] == 1
