@@ -28,6 +28,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect as SaDialect
 from sqlalchemy.engine import make_url
 
+from nightshift.store.sql.prepared import driver_cursor
+
 
 @dataclass(frozen=True, slots=True)
 class Dialect:
@@ -103,7 +105,10 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get("sqlite_immediate", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        statement = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+        # On the driver: through exec_driver_sql this was a third of a transaction's overhead.
+        with driver_cursor(conn, statement, ()) as cursor:
+            cursor.execute(statement)
 
 
 class FairLock:

@@ -105,7 +105,7 @@ class Prepared:
 
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         encoded = self._encode(params)
-        with _cursor(conn, self.sql, encoded) as cursor:
+        with driver_cursor(conn, self.sql, encoded) as cursor:
             cursor.execute(self.sql, encoded)
             if not self._keys:
                 return []
@@ -117,12 +117,12 @@ class Prepared:
         if not params:
             return
         encoded = [self._encode(p) for p in params]
-        with _cursor(conn, self.sql, encoded) as cursor:
+        with driver_cursor(conn, self.sql, encoded) as cursor:
             cursor.executemany(self.sql, encoded)
 
 
 @contextmanager
-def _cursor(conn: Connection, sql: str, params: Any) -> Iterator[Any]:
+def driver_cursor(conn: Connection, sql: str, params: Any) -> Iterator[Any]:
     """A cursor on the connection's current transaction; a driver error leaves it as
     SQLAlchemy's exception (the connection invalidated when the error says it is gone)."""
     dbapi = conn.connection.dbapi_connection
