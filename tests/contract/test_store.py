@@ -481,9 +481,9 @@ def test_enqueue_job_reads_the_job_and_inserts_in_one_transaction(
 
 
 def test_a_new_run_is_inserted_with_every_value_run_values_gives() -> None:
-    from nightshift.store.sql.runs import _NEW_RUN_COLUMNS, run_values
+    from nightshift.store.sql.runs import NEW_RUN_COLUMNS, run_values
 
     values = run_values(
         NewRun(job_id=1, run_at=None), {"app": "a", "kind": "python", "overlap": "allow"}, None
     )  # type: ignore[arg-type]
-    assert {*values, "root_id", "rank"} == set(_NEW_RUN_COLUMNS)
+    assert {*values, "root_id", "rank"} == set(NEW_RUN_COLUMNS)

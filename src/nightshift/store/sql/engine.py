@@ -163,9 +163,10 @@ class Transactions:
             yield conn
 
 
-def insert_or_ignore(conn: Connection, table):  # type: ignore[no-untyped-def]
-    """INSERT … ON CONFLICT DO NOTHING in the connection's dialect."""
-    if conn.dialect.name == "postgresql":
+def insert_or_ignore(dialect: Connection | str, table):  # type: ignore[no-untyped-def]
+    """INSERT … ON CONFLICT DO NOTHING in the connection's dialect (or the dialect named)."""
+    name = dialect if isinstance(dialect, str) else dialect.dialect.name
+    if name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert

@@ -3,26 +3,59 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, func, literal_column, select, update
 
 from nightshift.domain.misfire import FirePlan, Skip
 from nightshift.domain.models import Job
 from nightshift.domain.status import ACTIVE
 from nightshift.store.base import NewRun, Planner
-from nightshift.store.sql.catalog import JOB_COLUMNS, schedulable
+from nightshift.store.sql.catalog import schedulable
 from nightshift.store.sql.codec import job_from_row
 from nightshift.store.sql.engine import Dialect, Transactions, insert_or_ignore
 from nightshift.store.sql.notify import RUNS, notify
-from nightshift.store.sql.runs import run_values
+from nightshift.store.sql.prepared import Prepares
+from nightshift.store.sql.runs import NEW_RUN_COLUMNS, run_values
 from nightshift.store.tables import jobs, runs
 
+# The statuses as constants of the text (our own, quoted): a prepared statement has no
+# expanding IN, and the planner sees the same list as before.
+_ACTIVE = [literal_column(f"'{s}'") for s in ACTIVE]
 _active_runs = (
     select(func.count())
-    .where(runs.c.job_id == jobs.c.id, runs.c.status.in_([str(s) for s in ACTIVE]))
+    .where(runs.c.job_id == jobs.c.id, runs.c.status.in_(_ACTIVE))
     .scalar_subquery()
     .label("active_runs")
 )
+
+
+def _due(dialect: str) -> Any:
+    query = (
+        select(*jobs.c, _active_runs)
+        .where(schedulable, jobs.c.next_fire_at <= bindparam("now", type_=jobs.c.next_fire_at.type))
+        .order_by(jobs.c.next_fire_at)
+        .limit(bindparam("n"))
+    )
+    if dialect == "postgresql":
+        # Several schedulers split the due jobs; a job another one holds is its to fire.
+        # NO KEY UPDATE (key_share): the lock schedulers need among themselves, which does
+        # not clash with the key-share lock of a transaction inserting a run of the job.
+        query = query.with_for_update(skip_locked=True, key_share=True, of=jobs)
+    return query
+
+
+def _fire(dialect: str) -> Any:
+    # ON CONFLICT DO NOTHING: the unique fire key makes a second insert of a slot a no-op.
+    values = {name: bindparam(name, type_=runs.c[name].type) for name in NEW_RUN_COLUMNS}
+    return insert_or_ignore(dialect, runs).values(values)
+
+
+# A tick of 1,000 due jobs spent most of its time in SQLAlchemy's per-row machinery (the
+# executemany parameters), competing for the GIL with the worker at the very moment the runs
+# it creates are due: these statements run on the driver (prepared.py).
+_DUE = Prepares(_due)
+_FIRE = Prepares(_fire)
 
 
 class FiringStore:
@@ -30,33 +63,23 @@ class FiringStore:
     _dialect: Dialect
 
     def fire_due(self, now: datetime, planner: Planner, limit: int) -> int:
-        query = (
-            select(*JOB_COLUMNS, _active_runs)
-            .where(schedulable, jobs.c.next_fire_at <= now)
-            .order_by(jobs.c.next_fire_at)
-            .limit(limit)
-        )
-        if self._dialect.skip_locked:
-            # Several schedulers split the due jobs; a job another one holds is its to fire.
-            # NO KEY UPDATE (key_share): the lock schedulers need among themselves, which does
-            # not clash with the key-share lock of a transaction inserting a run of the job.
-            query = query.with_for_update(skip_locked=True, key_share=True, of=jobs)
         with self._tx.write() as conn:
-            due = [job_from_row(r) for r in conn.execute(query)]
+            due = [job_from_row(r) for r in _DUE.rows(conn, {"now": now, "n": limit})]
             fired = _advance_timers(conn, [(job, planner(job)) for job in due])
             new_runs = [values for job, plan in fired for values in _apply(conn, job, plan, now)]
             if new_runs:
-                # ON CONFLICT DO NOTHING: the unique fire key makes a second insert of a slot a
-                # no-op. One statement for the batch (psycopg pipelines it).
-                conn.execute(insert_or_ignore(conn, runs), new_runs)
+                _FIRE.many(conn, new_runs)  # one executemany (psycopg pipelines it)
                 notify(conn, RUNS)  # delivered at commit: workers wake as the runs appear
             return len(due)
 
 
-_ADVANCE = (
+_ADVANCE = Prepares(
     update(jobs)
-    .where(jobs.c.id == bindparam("b_id"), jobs.c.next_fire_at == bindparam("b_planned"))
-    .values(next_fire_at=bindparam("b_next"))
+    .where(
+        jobs.c.id == bindparam("b_id"),
+        jobs.c.next_fire_at == bindparam("b_planned", type_=jobs.c.next_fire_at.type),
+    )
+    .values(next_fire_at=bindparam("b_next", type_=jobs.c.next_fire_at.type))
 )
 
 
@@ -78,14 +101,14 @@ def _advance_timers(
         for job, plan in plans
     ]
     batch = conn.begin_nested()
-    if conn.execute(_ADVANCE, params).rowcount == len(plans):
+    if _ADVANCE.many(conn, params) == len(plans):
         batch.commit()
         return plans
     batch.rollback()
     return [
         (job, plan)
         for (job, plan), one in zip(plans, params, strict=True)
-        if conn.execute(_ADVANCE, [one]).rowcount == 1
+        if _ADVANCE.many(conn, [one]) == 1
     ]
 
 
@@ -123,24 +146,36 @@ def _apply(conn: Connection, job: Job, plan: FirePlan, now: datetime) -> list[di
     ]
 
 
+_LATEST = Prepares(
+    select(runs.c.id, runs.c.status, runs.c.reason)
+    .where(runs.c.job_id == bindparam("job_id"))
+    .order_by(runs.c.id.desc())
+    .limit(1)
+)
+_GROW_SKIP = Prepares(
+    update(runs)
+    .where(runs.c.id == bindparam("run_id"))
+    .values(
+        skip_count=runs.c.skip_count + bindparam("count"),
+        last_scheduled_for=bindparam("last", type_=runs.c.last_scheduled_for.type),
+        finished_at=bindparam("now", type_=runs.c.finished_at.type),
+    )
+)
+_SKIP_COLUMNS = (*NEW_RUN_COLUMNS, "last_scheduled_for")
+_INSERT_SKIP = Prepares(
+    lambda dialect: insert_or_ignore(dialect, runs).values(
+        {name: bindparam(name, type_=runs.c[name].type) for name in _SKIP_COLUMNS}
+    )
+)
+
+
 def _record_skip(conn: Connection, job: Job, skip: Skip, now: datetime, job_row: dict) -> None:
-    """Consecutive skips of one job for one reason grow one record instead of adding rows."""
-    latest = conn.execute(
-        select(runs.c.id, runs.c.status, runs.c.reason)
-        .where(runs.c.job_id == job.id)
-        .order_by(runs.c.id.desc())
-        .limit(1)
-    ).first()
-    if latest is not None and latest.status == "skipped" and latest.reason == skip.reason:
-        conn.execute(
-            update(runs)
-            .where(runs.c.id == latest.id)
-            .values(
-                skip_count=runs.c.skip_count + skip.count,
-                last_scheduled_for=skip.last,
-                finished_at=now,
-            )
-        )
+    """Consecutive skips of one job for one reason grow one record instead of adding rows.
+    (Every due job of an overloaded service may skip at each tick: on the driver too.)"""
+    latest = _LATEST.first(conn, {"job_id": job.id})
+    if latest is not None and latest["status"] == "skipped" and latest["reason"] == skip.reason:
+        grow = {"run_id": latest["id"], "count": skip.count, "last": skip.last, "now": now}
+        _GROW_SKIP.many(conn, [grow])
         return
     new = NewRun(
         job_id=job.id,
@@ -151,4 +186,4 @@ def _record_skip(conn: Connection, job: Job, skip: Skip, now: datetime, job_row:
     )
     values = run_values(new, job_row, now)
     values.update(skip_count=skip.count, last_scheduled_for=skip.last, exclusive=False)
-    conn.execute(insert_or_ignore(conn, runs).values(values))
+    _INSERT_SKIP.many(conn, [values])

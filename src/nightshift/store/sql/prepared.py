@@ -113,12 +113,14 @@ class Prepared:
                 self._results = self._result_processors(cursor.description)
             return [self._decode(row) for row in cursor.fetchall()]
 
-    def many(self, conn: Connection, params: Sequence[Mapping[str, Any]]) -> None:
+    def many(self, conn: Connection, params: Sequence[Mapping[str, Any]]) -> int:
+        """Returns how many rows the statements changed, in all."""
         if not params:
-            return
+            return 0
         encoded = [self._encode(p) for p in params]
         with driver_cursor(conn, self.sql, encoded) as cursor:
             cursor.executemany(self.sql, encoded)
+            return int(cursor.rowcount)
 
 
 @contextmanager
@@ -165,8 +167,8 @@ class Prepares:
             self._by_dialect[dialect.name] = prepared
         return prepared
 
-    def many(self, conn: Connection, params: Sequence[Mapping[str, Any]]) -> None:
-        self.on(conn).many(conn, params)
+    def many(self, conn: Connection, params: Sequence[Mapping[str, Any]]) -> int:
+        return self.on(conn).many(conn, params)
 
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         return self.on(conn).rows(conn, params)

@@ -36,7 +36,7 @@ _JOB_OF_RUN = Prepares(
 )
 #: The columns a new run is inserted with (run_values, and its place in a tree); the others
 #: take their server defaults.
-_NEW_RUN_COLUMNS = (
+NEW_RUN_COLUMNS = (
     "job_id",
     "app",
     "kind",
@@ -62,7 +62,7 @@ _NEW_RUN_COLUMNS = (
 )
 _INSERT_RUN = Prepares(
     insert(runs)
-    .values({name: bindparam(name, type_=runs.c[name].type) for name in _NEW_RUN_COLUMNS})
+    .values({name: bindparam(name, type_=runs.c[name].type) for name in NEW_RUN_COLUMNS})
     .returning(*runs.c)
 )
 
