@@ -13,7 +13,12 @@ max(2, cores), worker_concurrency 100...). Timed from `Runtime.serve()` - which 
 python process pool - until the N-th completion has been committed by `store.complete` (a
 counting wrapper around the store's method; nothing in src/ is changed), so like the peer
 harness it includes worker start-up; `steady/s` starts at the first committed completion.
-The same wrappers time every claim and complete call (the profile's batch sizes).
+The same wrappers time every claim and complete call (the profile's batch sizes). The row also
+carries the CPU per job by part, exact (from /proc, not sampled), between the first and the
+last committed completion: each thread of this process by name (the event loop, the store
+threads), the pool's children, and PostgreSQL's server processes. Per-job CPU of the parent's
+threads against the wall time per job shows whether the drain is bound by the GIL (their sum
+equals it), the cores, or waiting.
 
 Drain, mode `subprocess`: `nightshift up` started as a process against the prepared database,
 polled every 50 ms from here (as the peer harness polls its peers) until no run of the job is

@@ -101,6 +101,20 @@ def rows_for(row: dict[str, Any]) -> list[list[str]]:
                 load,
             ]
         )
+        if cpu := row.get("cpu_us_per_job"):
+            parts = ", ".join(f"{k} {v}" for k, v in cpu.items() if k != "total")
+            out.append(
+                [
+                    bench,
+                    backend,
+                    work,
+                    "CPU per job, steady drain (µs, from /proc)",
+                    f"{cpu['total']} in all: {parts}",
+                    "-",
+                    "-",
+                    load,
+                ]
+            )
     elif bench == "lateness":
         work = f"{row['jobs']:,} x every 1s for {row['duration_s']} s"
         if row.get("schedulers", 1) > 1:
