@@ -356,7 +356,8 @@ class CpuMeter:
             name = names.get(int(tid), "other threads")
             name = "main thread" if name == "MainThread" else name.rstrip("_0123456789")
             out[name] = out.get(name, 0.0) + self._proc_cpu(f"/proc/self/task/{tid}/stat")
-        me = os.getpid()
+        parents: dict[int, int] = {}
+        postgres: list[int] = []
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
                 continue
@@ -365,14 +366,19 @@ class CpuMeter:
                     head, tail = fh.read().rsplit(")", 1)
             except OSError:
                 continue
-            ppid = int(tail.split()[1])
-            comm = head.split("(", 1)[1]
-            part = None
-            if ppid == me:
-                part = "pool children"
-            elif comm.startswith("postgres"):
-                part = "postgresql server"
-            if part is not None:
+            parents[int(pid)] = int(tail.split()[1])
+            if head.split("(", 1)[1].startswith("postgres"):
+                postgres.append(int(pid))
+        # The pool's processes descend from this one (its children fork from a fork server).
+        mine, me = set(), os.getpid()
+        for pid in parents:
+            up, seen = parents.get(pid), 0
+            while up and up != me and seen < 64:
+                up, seen = parents.get(up), seen + 1
+            if up == me:
+                mine.add(pid)
+        for part, pids in (("pool children", mine), ("postgresql server", postgres)):
+            for pid in pids:
                 out[part] = out.get(part, 0.0) + self._proc_cpu(f"/proc/{pid}/stat")
         return out
 

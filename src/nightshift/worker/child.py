@@ -1,6 +1,6 @@
 """The child process of the python kind: imports user code, then runs one task at a time.
 
-Started by `worker/pool.py` with the "spawn" start method. Messages are pickled tuples of
+Started by `worker/pool.py` through multiprocessing's fork server. Messages are pickled tuples of
 JSON-safe data (multiprocessing's framing), over two pipes:
 
 - the duplex `conn`: child -> parent ("ready", [import errors]), ("log", level, message),
@@ -66,7 +66,7 @@ def main(
     sys_path: list[str],
     log_level: str | int = "INFO",
 ) -> None:
-    """The child's entry point (the target of the spawned process)."""
+    """The child's entry point (the target of the started process)."""
     # Ctrl-C in a terminal, or a service manager's SIGTERM, may reach the whole process group:
     # the parent decides when we end (it asks jobs to stop first), and if the parent dies, the
     # receiver thread sees the pipe close and ends this process.

@@ -1,9 +1,11 @@
 """The parent side of the python kind's process pool.
 
-`size` child processes, started with "spawn" (the parent runs an event loop and threads, so
-never fork). The pool is also the queue of the runs that wait for a process: they are served
-smallest `order` first, FIFO among equals (a heap), so a worker may hold many more runs than
-there are processes without breaking fair share.
+`size` child processes, forked by multiprocessing's fork server (the parent runs an event
+loop and threads, so it never forks itself; the server is a fresh process that has imported
+the child module, so a child that replaces a killed one starts in milliseconds). The pool is
+also the queue of the runs that wait for a process: they are served smallest `order` first,
+FIFO among equals (a heap), so a worker may hold many more runs than there are processes
+without breaking fair share.
 
 Everything runs on the event loop, in callbacks, with no thread per child and no task per run:
 
@@ -268,7 +270,7 @@ class ProcessPool:
         self._sys_path = list(sys_path)
         self._log_level = log_level
         self._grace_s = grace_s
-        self._mp = multiprocessing.get_context("spawn")
+        self._mp = _context()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._children: set[ChildProcess] = set()  # every child not known to have exited
         self._idle: deque[ChildProcess] = deque()
@@ -1003,6 +1005,16 @@ class ProcessPool:
             self._retire(child)
         if queued and not self._closed:
             self._pump()
+
+
+def _context() -> Any:
+    """Children fork from a fork server: a process started once (like "spawn", so never a
+    fork of this process with its threads and event loop) that has imported the child module,
+    so a new child (the first ones, and each one replacing a child that was killed) costs a
+    fork, not a fresh interpreter importing everything again."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["__main__", child_module.__name__])
+    return context
 
 
 def _fail_closed(task: _Task) -> None:
