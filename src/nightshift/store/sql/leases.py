@@ -395,19 +395,13 @@ def _complete_many(
     ]
     if lines:
         conn.execute(insert(run_logs), lines)
+    # Run rows first, job rows last, in the order a claim takes them (a pending run, then its
+    # job's slot): a claim holding a pending parent and wanting a job's slot never waits for
+    # a completion that holds the slot and wants the parent.
     parents: dict[int, list[int]] = {}
     wake = False
     for c in mine:
         row = held[c.run_id]
-        if row["exclusive"]:
-            _free_slot(conn, row["job_id"], c.run_id)
-            wake = True  # a queued run may take the freed slot
-        if c.job_changes:
-            conn.execute(
-                update(jobs)
-                .where(jobs.c.id == row["job_id"])
-                .values(encode_job_changes(c.job_changes))
-            )
         if c.retry is not None:
             job_row = conn.execute(select(jobs).where(jobs.c.id == row["job_id"])).one()
             insert_run(conn, c.retry, job_row._mapping, c.finished_at)
@@ -425,6 +419,17 @@ def _complete_many(
                 children_failed=runs.c.children_failed + failed,
             )
         )
+    for c in mine:
+        row = held[c.run_id]
+        if row["exclusive"]:
+            _free_slot(conn, row["job_id"], c.run_id)
+            wake = True  # a queued run may take the freed slot
+        if c.job_changes:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == row["job_id"])
+                .values(encode_job_changes(c.job_changes))
+            )
     if wake:
         notify(conn, RUNS)
     return [c.run_id in held for c in completions]
