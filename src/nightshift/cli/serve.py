@@ -61,6 +61,11 @@ def _setup_logging(level: str) -> None:
 
 
 def _serve(settings: Settings, roles: tuple[str, ...]) -> None:
+    if "worker" in roles:
+        from nightshift.worker import forkserver
+
+        forkserver.start()  # it imports the worker's child code while we import the service's
+
     from nightshift.runtime import Runtime
 
     _setup_logging(settings.log_level)

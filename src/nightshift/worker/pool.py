@@ -50,7 +50,6 @@ import contextlib
 import heapq
 import itertools
 import logging
-import multiprocessing
 import os
 import pickle
 import signal
@@ -64,6 +63,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any, Literal
 
 from nightshift.worker import child as child_module
+from nightshift.worker import forkserver
 from nightshift.worker.executor import RunIO
 
 log = logging.getLogger(__name__)
@@ -270,7 +270,7 @@ class ProcessPool:
         self._sys_path = list(sys_path)
         self._log_level = log_level
         self._grace_s = grace_s
-        self._mp = _context()
+        self._mp = forkserver.context()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._children: set[ChildProcess] = set()  # every child not known to have exited
         self._idle: deque[ChildProcess] = deque()
@@ -1005,16 +1005,6 @@ class ProcessPool:
             self._retire(child)
         if queued and not self._closed:
             self._pump()
-
-
-def _context() -> Any:
-    """Children fork from a fork server: a process started once (like "spawn", so never a
-    fork of this process with its threads and event loop) that has imported the child module,
-    so a new child (the first ones, and each one replacing a child that was killed) costs a
-    fork, not a fresh interpreter importing everything again."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["__main__", child_module.__name__])
-    return context
 
 
 def _fail_closed(task: _Task) -> None:

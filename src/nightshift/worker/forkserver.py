@@ -1,0 +1,29 @@
+"""The fork server the python pool's children are forked from (see pool.py).
+
+A fresh process (never a fork of the service, which runs threads and an event loop) that has
+imported the child module: a new child costs a fork, not an interpreter importing everything
+again. `start()` starts it early, so that it imports on the other core while the service
+imports the rest (`nightshift up` and `nightshift worker` call it first thing).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from multiprocessing import forkserver
+from multiprocessing.context import ForkServerContext
+
+#: What the server imports before it forks a child ("__main__": the program, as "spawn" would
+#: import it in every child).
+PRELOAD = ["__main__", "nightshift.worker.child"]
+
+
+def context() -> ForkServerContext:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
+
+
+def start() -> None:
+    """Start the server now rather than at the first child (a no-op once it runs)."""
+    context()
+    forkserver.ensure_running()
