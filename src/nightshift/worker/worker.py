@@ -74,13 +74,16 @@ class Worker:
             else self._db
         )
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._db, partial(fn, *args))
+    async def _call(
+        self, fn: Callable[..., T], *args: Any, on: ThreadPoolExecutor | None = None
+    ) -> T:
+        """Run a store call on the store thread (`on`: another one)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(on or self._db, partial(fn, *args))
 
     async def _record(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a store call of the recording side (outcomes, heartbeats)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._db_record, partial(fn, *args))
+        """A store call of the recording side (outcomes, heartbeats, releases)."""
+        return await self._call(fn, *args, on=self._db_record)
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:

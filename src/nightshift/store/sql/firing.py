@@ -45,17 +45,18 @@ def _due(dialect: str) -> Any:
     return query
 
 
-def _fire(dialect: str) -> Any:
-    # ON CONFLICT DO NOTHING: the unique fire key makes a second insert of a slot a no-op.
-    values = {name: bindparam(name, type_=runs.c[name].type) for name in NEW_RUN_COLUMNS}
-    return insert_or_ignore(dialect, runs).values(values)
+def _inserting(*columns: str) -> Prepares:
+    """INSERT of runs with these columns bound, ON CONFLICT DO NOTHING: the unique fire key
+    makes a second insert of a slot a no-op."""
+    values = {name: bindparam(name, type_=runs.c[name].type) for name in columns}
+    return Prepares(lambda dialect: insert_or_ignore(dialect, runs).values(values))
 
 
 # A tick of 1,000 due jobs spent most of its time in SQLAlchemy's per-row machinery (the
 # executemany parameters), competing for the GIL with the worker at the very moment the runs
 # it creates are due: these statements run on the driver (prepared.py).
 _DUE = Prepares(_due)
-_FIRE = Prepares(_fire)
+_FIRE = _inserting(*NEW_RUN_COLUMNS)
 
 
 class FiringStore:
@@ -161,12 +162,7 @@ _GROW_SKIP = Prepares(
         finished_at=bindparam("now", type_=runs.c.finished_at.type),
     )
 )
-_SKIP_COLUMNS = (*NEW_RUN_COLUMNS, "last_scheduled_for")
-_INSERT_SKIP = Prepares(
-    lambda dialect: insert_or_ignore(dialect, runs).values(
-        {name: bindparam(name, type_=runs.c[name].type) for name in _SKIP_COLUMNS}
-    )
-)
+_INSERT_SKIP = _inserting(*NEW_RUN_COLUMNS, "last_scheduled_for")
 
 
 def _record_skip(conn: Connection, job: Job, skip: Skip, now: datetime, job_row: dict) -> None:
