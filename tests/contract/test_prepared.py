@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 import psycopg
 import pytest
 from sqlalchemy import bindparam, exc, insert, select, text, update
 
 from nightshift.clock import FakeClock
+from nightshift.domain.status import RunStatus
 from nightshift.store import SqlStore, open_store
 from nightshift.store.base import Completion, NewRun
 from nightshift.store.sql import engine as engine_module
@@ -211,3 +213,122 @@ def test_a_claim_walks_the_claim_index_in_order_whatever_the_statistics_say(
     assert "Sort" not in plan and "B-TREE FOR ORDER BY" not in plan, plan
     ids = [c.run.id for c in claimed]
     assert len(ids) == 64 and ids == sorted(ids) and ids[0] == 1
+
+
+def test_a_batch_of_completions_writes_each_outcome_exactly(
+    store: SqlStore, clock: FakeClock
+) -> None:
+    """One statement records a whole batch (on PostgreSQL the batch travels as one JSON
+    document): every value of every run reads back as given, a value left out keeps the
+    column, and a run another owner holds is left alone."""
+    now = clock.now()
+    job = store.create_job(make_job(now))
+    ids = [
+        store.enqueue(NewRun(job_id=job.id, run_at=now, state={"n": k}), now).id for k in range(4)
+    ]
+    store.claim("w1", now, 30, 3, ["python"])
+    store.claim("w2", now, 30, 1, ["python"])
+    later = now + timedelta(seconds=1, microseconds=123_457)
+    done = [
+        Completion(
+            run_id=ids[0],
+            owner="w1",
+            status=RunStatus.SUCCEEDED,
+            finished_at=later,
+            result={"text": 'quote " backslash \\ é 日本', "list": [1, 2.5, None, True]},
+            state=["replaced"],
+            progress=0.75,
+        ),
+        Completion(
+            run_id=ids[1],
+            owner="w1",
+            status=RunStatus.FAILED,
+            finished_at=later,
+            started_at=now + timedelta(microseconds=1),  # began later than its claim
+            error={"type": "ValueError", "message": "no\nway"},
+            reason="because",
+        ),
+        Completion(
+            run_id=ids[2], owner="w1", status=RunStatus.SUCCEEDED, finished_at=later, result="s"
+        ),
+        Completion(  # held by w2: fenced out
+            run_id=ids[3], owner="w1", status=RunStatus.SUCCEEDED, finished_at=later
+        ),
+    ]
+    assert store.complete(done) == [True, True, True, False]
+    first, second, third, fourth = (store.get_run(i) for i in ids)
+    assert (first.status, first.result, first.state, first.progress) == (
+        "succeeded",
+        {"text": 'quote " backslash \\ é 日本', "list": [1, 2.5, None, True]},
+        ["replaced"],
+        0.75,
+    )
+    assert (first.started_at, first.finished_at, first.error, first.reason) == (
+        now,
+        later,
+        None,
+        None,
+    )
+    assert (second.status, second.error, second.reason, second.result) == (
+        "failed",
+        {"type": "ValueError", "message": "no\nway"},
+        "because",
+        None,
+    )
+    assert second.started_at == now + timedelta(microseconds=1)
+    assert (third.result, third.state, third.progress) == ("s", None, None)
+    assert (fourth.status, fourth.lease_owner, fourth.state) == ("running", "w2", {"n": 3})
+    assert all(r.lease_owner is None and r.lease_expires_at is None for r in (first, second))
+
+    naive = Completion(
+        run_id=ids[3],
+        owner="w2",
+        status=RunStatus.SUCCEEDED,
+        finished_at=later.replace(tzinfo=None),
+    )
+    with pytest.raises(ValueError, match="naive"):
+        store.complete([naive])
+    assert store.get_run(ids[3]).status == "running"  # nothing of the batch was written
+
+
+def test_a_completion_finds_its_runs_by_key_whatever_the_statistics_say(
+    store: SqlStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch is a function's rows to the planner: the runs must still be found through the
+    primary key, never by scanning the table (with 1,000,000 runs, a scan per completion)."""
+    now = clock.now()
+    job = store.create_job(make_job(now))
+    store.enqueue_many([NewRun(job_id=job.id, run_at=now) for _ in range(20_000)], now)
+    claimed = store.claim("w1", now, 30, 64, ["python"])
+    plans: list[str] = []
+    real = leases._COMPLETE[False]
+
+    class Explained:
+        def on(self, conn: object) -> object:
+            return real.on(conn)  # type: ignore[arg-type]
+
+        def rows(self, conn: object, params: dict[str, object]) -> list[dict[str, object]]:
+            plans.append(_explain(conn, real.on(conn).sql, real.on(conn)._encode(params)))  # type: ignore[arg-type]
+            return real.rows(conn, params)  # type: ignore[arg-type]
+
+        def many(self, conn: object, params: list[dict[str, object]]) -> int:
+            plans.append(_explain(conn, real.on(conn).sql, real.on(conn)._encode(params[0])))  # type: ignore[arg-type]
+            return real.many(conn, params)  # type: ignore[arg-type]
+
+    monkeypatch.setitem(leases._COMPLETE, False, Explained())
+    outcomes = [
+        Completion(run_id=c.run.id, owner="w1", status=RunStatus.SUCCEEDED, finished_at=now)
+        for c in claimed
+    ]
+    assert store.complete(outcomes) == [True] * 64
+    (plan,) = plans
+    assert "Seq Scan" not in plan and "SCAN runs" not in plan, plan
+    assert "runs_pkey" in plan or "INTEGER PRIMARY KEY" in plan, plan
+    assert store.count_runs(job_id=job.id, status=["succeeded"]) == 64
+
+
+def _explain(conn: Any, sql: str, params: Any) -> str:
+    explain = "EXPLAIN QUERY PLAN " if conn.dialect.name == "sqlite" else "EXPLAIN "
+    cursor = conn.connection.dbapi_connection.cursor()
+    cursor.execute(explain + sql, params)
+    return "\n".join(str(row) for row in cursor.fetchall())
