@@ -180,6 +180,52 @@ def test_a_runs_family_is_found_through_the_partial_lineage_index(
         assert sorted(conn.scalars(query, {"root": root.id})) == [k.id for k in kids]
 
 
+@pytest.mark.parametrize("column", ["started_at", "finished_at"])
+def test_runs_are_found_by_time_through_the_partial_time_indexes(
+    store: SqlStore, clock: FakeClock, column: str
+) -> None:
+    """runs_started / runs_finished hold only runs that have the time (migration 0007); the
+    statistics' range scans (`column >= :since AND column < :until`) still use them."""
+    now = clock.now()
+    job = store.create_job(make_job(now))
+    store.enqueue_many([NewRun(job_id=job.id, run_at=now) for _ in range(3000)], now)
+    claimed = store.claim("w1", now, 30, 10, ["python"])
+    done = now + timedelta(seconds=1)
+    outcomes = [
+        Completion(run_id=c.run.id, owner="w1", status=RunStatus.SUCCEEDED, finished_at=done)
+        for c in claimed[:4]
+    ]
+    assert store.complete(outcomes) == [True] * 4
+    index = {"started_at": "runs_started", "finished_at": "runs_finished"}[column]
+    with store.engine.begin() as conn:
+        if store.dialect == "postgresql":
+            conn.exec_driver_sql("ANALYZE runs")
+        time = runs.c[column]
+        query = select(runs.c.id).where(time >= bindparam("since"), time < bindparam("until"))
+        window = {"since": now, "until": done + timedelta(seconds=1)}
+        prepared = Prepared(query, store.engine.dialect)
+        plan = _explain(conn, prepared.sql, prepared._encode(window))
+        assert index in plan, plan
+        if store.dialect == "postgresql":
+            definition = conn.scalar(
+                text(
+                    "SELECT indexdef FROM pg_indexes WHERE indexname = :name"
+                    " AND schemaname = current_schema()"
+                ),
+                {"name": index},
+            )
+        else:
+            definition = conn.scalar(
+                text("SELECT sql FROM sqlite_master WHERE name = :name"), {"name": index}
+            )
+        assert f"{column} IS NOT NULL" in definition, definition
+        found = sorted(conn.scalars(query, window))
+    expected = (
+        [c.run.id for c in claimed] if column == "started_at" else [c.run.id for c in claimed[:4]]
+    )
+    assert found == sorted(expected)
+
+
 def test_a_claim_walks_the_claim_index_in_order_whatever_the_statistics_say(
     store: SqlStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -192,8 +192,12 @@ Index("runs_parent", runs.c.parent_id, postgresql_where=_has_parent, sqlite_wher
 Index("runs_root", runs.c.root_id, postgresql_where=_has_root, sqlite_where=_has_root)
 Index("runs_created", runs.c.created_at)
 # Statistics and pruning read runs by the time of each event (see nightshift.stats).
-Index("runs_started", runs.c.started_at)
-Index("runs_finished", runs.c.finished_at)
+# Partial (migration 0007): a pending run writes no entry, a running one none in runs_finished;
+# `started_at >= :since` implies the predicate on both databases.
+_started = runs.c.started_at.is_not(None)
+_finished = runs.c.finished_at.is_not(None)
+Index("runs_started", runs.c.started_at, postgresql_where=_started, sqlite_where=_started)
+Index("runs_finished", runs.c.finished_at, postgresql_where=_finished, sqlite_where=_finished)
 _open = runs.c.status.in_(["pending", "running", "stopping", "stopped"])
 Index("runs_open", runs.c.status, runs.c.app, postgresql_where=_open, sqlite_where=_open)
 
