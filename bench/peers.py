@@ -1,6 +1,6 @@
 """`make bench-peers`: the fastest peers and Nightshift, same workload, same machine, one run.
 
-    .venv/bin/python bench/peers.py [--n 20000] [--runs 1] [--modes both] [--lateness]
+    .venv/bin/python bench/peers.py [--n 20000] [--runs 3] [--modes both] [--lateness]
                                     [--cases huey,huey_sqlite,dramatiq,procrastinate]
                                     [--no-record]
 
@@ -14,7 +14,9 @@ stopped again at the end, by PID.
 
 Nightshift: `bench/bench_throughput.py` with the same N on SQLite and PostgreSQL (in-process
 Runtime and `nightshift up`). The table gives drain and enqueue rates and the ratio
-Nightshift / peer, appended to bench/RESULTS.md.
+Nightshift / peer, appended to bench/RESULTS.md. This machine's speed drifts by tens of percent
+over minutes, so the cases run `--runs` times interleaved (each run: every peer, then
+Nightshift), each ratio pairs rows of the same run, and the verdict takes the median.
 
 `--lateness` adds the scheduling comparison: Nightshift 1,000 x every 1s for 60 s on SQLite,
 APScheduler 3 in memory (same workload; its venv is made if missing) and Procrastinate with
@@ -34,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import report
@@ -228,45 +231,81 @@ def _f(value: Any, digits: int = 0) -> str:
 
 def throughput_tables(peers: list[dict[str, Any]], ours: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| system (backend) | setup | enqueue jobs/s | drain jobs/s (incl. start-up) "
+        "| run | system (backend) | setup | enqueue jobs/s | drain jobs/s (incl. start-up) "
         "| steady jobs/s | 1st completion s | load 1m |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for p in peers:
-        lines.append(
-            f"| {p['label']} | {p['describe']} | {_f(p['enqueue_jobs_per_s'])} | "
-            f"{_f(p['drain_jobs_per_s'])} | {_f(p.get('steady_jobs_per_s'))} | "
-            f"{_f(p.get('first_progress_s'), 2)} | {p.get('load1', '-')} |"
+    rows: list[tuple[int, int, str]] = []  # (run, order within the run, line): as they ran
+    for k, p in enumerate(peers):
+        rows.append(
+            (
+                p.get("run", 1),
+                k,
+                f"| {p.get('run', 1)} | {p['label']} | {p['describe']} | "
+                f"{_f(p['enqueue_jobs_per_s'])} | {_f(p['drain_jobs_per_s'])} | "
+                f"{_f(p.get('steady_jobs_per_s'))} | {_f(p.get('first_progress_s'), 2)} | "
+                f"{p.get('load1', '-')} |",
+            )
         )
-    for r in ours:
+    for k, r in enumerate(ours, start=len(peers)):
         f = r["figures"]
-        lines.append(
-            f"| **Nightshift ({r['backend']})** | {_mode(r)}; {_bulk(f)}"
-            f"{'all runs recorded' if f['verified'] else 'NOT all recorded'} | "
-            f"{_f(f['enqueue_per_s'])} | {_f(f['drain_per_s'])} | {_f(f.get('steady_per_s'))} | "
-            f"{_f(f.get('first_completion_s'), 2)} | {r.get('load1_before')} → {r['load1']} |"
+        rows.append(
+            (
+                r.get("run", 1),
+                k,
+                f"| {r.get('run', 1)} | **Nightshift ({r['backend']})** | {_mode(r)}; {_bulk(f)}"
+                f"{'all runs recorded' if f['verified'] else 'NOT all recorded'} | "
+                f"{_f(f['enqueue_per_s'])} | {_f(f['drain_per_s'])} | "
+                f"{_f(f.get('steady_per_s'))} | {_f(f.get('first_completion_s'), 2)} | "
+                f"{r.get('load1_before')} → {r['load1']} |",
+            )
         )
-    lines += ["", "Ratios, Nightshift / peer (drain; enqueue in brackets):", ""]
-    lines += [
-        "| Nightshift | " + " | ".join(p["label"] for p in peers) + " | target | met |",
-        "|---|" + "---|" * (len(peers) + 2),
+    lines += [line for _run, _k, line in sorted(rows)]
+    lines += ["", *ratio_table(peers, ours)]
+    return lines
+
+
+def ratio_table(peers: list[dict[str, Any]], ours: list[dict[str, Any]]) -> list[str]:
+    """Nightshift / peer, each Nightshift row against the peer rows of the same run (the
+    machine's speed drifts by tens of percent over minutes); with several runs, the median
+    ratio and the range. The verdict goes by the median."""
+    runs = len({r.get("run", 1) for r in ours})
+    how = "median of the runs' ratios [lowest-highest]" if runs > 1 else "one run"
+    cases = list(dict.fromkeys(p["case"] for p in peers))
+    labels = {p["case"]: p["label"] for p in peers}
+    backend_of = {p["case"]: p["backend"] for p in peers}
+    lines = [
+        f"Ratios, Nightshift / peer, drain (enqueue in brackets), {how}:",
+        "",
+        "| Nightshift | " + " | ".join(labels[c] for c in cases) + " | target | met |",
+        "|---|" + "---|" * (len(cases) + 2),
     ]
+    groups: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
     for r in ours:
-        f = r["figures"]
+        groups.setdefault((r["backend"], r.get("mode")), []).append(r)
+    for (backend, _mode_name), rows in groups.items():
         cells, target, met = [], "-", "-"
-        for p in peers:
-            if p["backend"] != r["backend"]:
+        for case in cases:
+            if backend_of[case] != backend:
                 cells.append("")
                 continue
-            drain = f["drain_per_s"] / p["drain_jobs_per_s"]
-            enq = f["enqueue_per_s"] / p["enqueue_jobs_per_s"]
-            cells.append(f"{drain:.2f}x ({enq:.2f}x)")
-            goal = TARGET_RATIO.get(p["case"])
+            drain, enqueue = [], []
+            for r in rows:
+                for p in peers:
+                    if p["case"] == case and p.get("run", 1) == r.get("run", 1):
+                        drain.append(r["figures"]["drain_per_s"] / p["drain_jobs_per_s"])
+                        enqueue.append(r["figures"]["enqueue_per_s"] / p["enqueue_jobs_per_s"])
+            if not drain:
+                cells.append("-")
+                continue
+            spread = f" [{min(drain):.2f}-{max(drain):.2f}]" if len(drain) > 1 else ""
+            cells.append(f"{median(drain):.2f}x{spread} ({median(enqueue):.2f}x)")
+            goal = TARGET_RATIO.get(case)
             if goal:
-                target = f"≥ {goal:g}x {p['label'].split(',')[0]}"
-                met = "yes" if drain >= goal else "**no**"
+                target = f"≥ {goal:g}x {labels[case].split(',')[0]}"
+                met = "yes" if median(drain) >= goal else "**no**"
         lines.append(
-            f"| {r['backend']}, {_mode(r)} | " + " | ".join(cells) + f" | {target} | {met} |"
+            f"| {backend}, {_mode(rows[0])} | " + " | ".join(cells) + f" | {target} | {met} |"
         )
     return lines
 
@@ -307,7 +346,7 @@ def lateness_table(peers: list[dict[str, Any]], ours: list[dict[str, Any]]) -> l
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=20_000)
-    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--modes", choices=["inprocess", "subprocess", "both"], default="both")
     parser.add_argument("--lateness", action="store_true")
@@ -339,9 +378,9 @@ def main() -> None:
                         out,
                     )
                     if res:
-                        res.update(case=case, label=label, backend=backend, load1=load)
+                        res.update(case=case, label=label, backend=backend, load1=load, run=run)
                         peers.append(res)
-                ours += run_nightshift(
+                rows = run_nightshift(
                     "throughput",
                     [
                         "--n",
@@ -355,6 +394,7 @@ def main() -> None:
                     ],
                     out,
                 )
+                ours += [{**row, "run": run} for row in rows]
             if args.lateness:
                 lat_ours += run_nightshift(
                     "lateness",
