@@ -395,9 +395,9 @@ def _completed(conn: Connection, completions: Sequence[Completion], keep_state: 
         statement.many(conn, rows)
         return
     for row in rows:
-        for name in _TIMES:  # as the column's type checks them, then as JSON text
-            time = runs.c[name].type.process_bind_param(row[name], conn.dialect)
-            row[name] = None if time is None else time.isoformat()
+        for name in _TIMES:  # checked as the column's type checks them, then as JSON text
+            at = runs.c[name].type.process_bind_param(row[name], conn.dialect)
+            row[name] = None if at is None else at.isoformat()
     statement.rows(conn, {"batch": rows, "ids": [c.run_id for c in completions]})
 
 
