@@ -67,3 +67,9 @@ def sleeps(ctx: nightshift.Context) -> object:
         fh.write(f"{ctx.run_id}\n")
     time.sleep(ctx.params.get("seconds", 0.3))
     return nightshift.OK
+
+
+def nul_bytes(ctx: nightshift.Context) -> None:
+    """Text PostgreSQL cannot store (NUL) in a log line and in the error."""
+    ctx.log.info("before\x00after")
+    raise ValueError("bad\x00byte")

@@ -14,7 +14,7 @@ from sqlalchemy import bindparam, exc, insert, select, text, update
 from nightshift.clock import FakeClock
 from nightshift.domain.status import RunStatus
 from nightshift.store import SqlStore, open_store
-from nightshift.store.base import Completion, NewRun
+from nightshift.store.base import Completion, NewRun, RunProgress
 from nightshift.store.sql import engine as engine_module
 from nightshift.store.sql import leases
 from nightshift.store.sql.prepared import Prepared, one_of
@@ -378,3 +378,34 @@ def _explain(conn: Any, sql: str, params: Any) -> str:
     cursor = conn.connection.dbapi_connection.cursor()
     cursor.execute(explain + sql, params)
     return "\n".join(str(row) for row in cursor.fetchall())
+
+
+def test_text_with_nul_is_stored_everywhere_and_unchanged_where_it_can_be(
+    store: SqlStore, clock: FakeClock
+) -> None:
+    """Log lines, progress state, reasons and outcomes a job produced reach the database:
+    PostgreSQL cannot hold NUL in text or JSON (U+FFFD replaces it), SQLite keeps it."""
+    now = clock.now()
+    job = store.create_job(make_job(now))
+    run = store.enqueue(NewRun(job_id=job.id, run_at=now), now)
+    store.claim("w1", now, 30, 1, ["python"])
+    update = RunProgress(
+        run.id, state={"k\x00": "v\x00"}, state_changed=True, logs=[(now, "INFO", "a\x00b")]
+    )
+    store.sync("w1", now, 30, [update])
+    nul = "\ufffd" if store.dialect == "postgresql" else "\x00"
+    assert store.get_run(run.id).state == {f"k{nul}": f"v{nul}"}
+    done = Completion(
+        run_id=run.id,
+        owner="w1",
+        status=RunStatus.FAILED,
+        finished_at=now,
+        error={"message": "x\x00y", "literal": "\\u0000 stays"},
+        reason="r\x00",
+        logs=[(now, "ERROR", "c\x00d")],
+    )
+    assert store.complete([done]) == [True]
+    after = store.get_run(run.id)
+    assert after.error == {"message": f"x{nul}y", "literal": "\\u0000 stays"}
+    assert after.reason == f"r{nul}"
+    assert [line.message for line in store.get_logs(run.id)] == [f"a{nul}b", f"c{nul}d"]

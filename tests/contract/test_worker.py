@@ -86,6 +86,22 @@ async def test_failures_retry_with_linked_attempts_then_fail(rig, store) -> None
     assert not await worker.run_once()  # no fourth attempt
 
 
+async def test_text_the_database_cannot_store_never_blocks_other_outcomes(rig, store) -> None:  # type: ignore[no-untyped-def]
+    """PostgreSQL refuses NUL characters in text and JSON. A run whose error and log line hold
+    one still ends (the character replaced), and so do the runs recorded with it."""
+    service, worker = rig
+    bad = service.run_now(py(service, "nul_bytes").id)
+    good = service.run_now(py(service, "ok").id)
+    assert await worker.run_once()
+    failed, succeeded = store.get_run(bad.id), store.get_run(good.id)
+    assert succeeded.status == S.SUCCEEDED
+    assert failed.status == S.FAILED
+    nul = "\ufffd" if store.dialect == "postgresql" else "\x00"  # SQLite keeps it as it is
+    assert failed.error["type"] == "ValueError"
+    assert failed.error["message"] == f"bad{nul}byte"
+    assert f"before{nul}after" in [line.message for line in store.get_logs(bad.id)]
+
+
 async def test_a_timeout_kills_a_job_stuck_in_a_cpu_loop(rig, store) -> None:  # type: ignore[no-untyped-def]
     service, worker = rig
     job = py(service, "cpu_loop", timeout_s=0.5)

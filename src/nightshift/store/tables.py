@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -60,6 +63,33 @@ class UtcDateTime(TypeDecorator[datetime]):
         return _EPOCH + timedelta(microseconds=value)
 
 
+# PostgreSQL stores no NUL character in text or JSON and rejects the whole statement, and with
+# it every other outcome of the batch. Text that jobs produce (log lines, errors, results)
+# keeps everything else: NUL becomes U+FFFD, the replacement character, on PostgreSQL only.
+_REPLACEMENT = "\ufffd"
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")  # \u0000 not itself escaped
+
+
+def json_for_postgresql(value: Any) -> str:
+    """The engine's JSON serialiser on PostgreSQL: `json.dumps`, NUL as U+FFFD."""
+    text = json.dumps(value)
+    if "\\u0000" in text:  # one scan in C; the expression only where there is one
+        text = _NUL_ESCAPE.sub(r"\1\\ufffd", text)
+    return text
+
+
+class StoredText(TypeDecorator[str]):
+    """Text that jobs produce (log lines, reasons, errors), storable on every database."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):  # type: ignore[no-untyped-def]
+        if value is not None and dialect.name == "postgresql" and "\x00" in value:
+            return value.replace("\x00", _REPLACEMENT)
+        return value
+
+
 Json = JSON().with_variant(JSONB(), "postgresql")
 Id = BigInteger().with_variant(Integer(), "sqlite")  # SQLite's rowid alias must be INTEGER
 
@@ -105,7 +135,7 @@ jobs = Table(
     Column("start_delay_s", Float, nullable=False),
     Column("jitter_s", Float, nullable=False),
     Column("next_fire_at", UtcDateTime),
-    Column("deactivated_reason", Text),
+    Column("deactivated_reason", StoredText),
     Column("hold", String(10)),
     Column("declared", Boolean, nullable=False),
     Column("system", Boolean, nullable=False),
@@ -153,7 +183,7 @@ runs = Table(
     Column("params", Json, nullable=False),
     Column("result", Json),
     Column("state", Json),
-    Column("reason", Text),
+    Column("reason", StoredText),
     Column("skip_count", Integer, nullable=False, server_default=text("0")),
     Column("last_scheduled_for", UtcDateTime),
     Column("exclusive", Boolean, nullable=False),
@@ -208,7 +238,7 @@ run_logs = Table(
     Column("run_id", BigInteger, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
     Column("at", UtcDateTime, nullable=False),
     Column("level", String(10), nullable=False),
-    Column("message", Text, nullable=False),
+    Column("message", StoredText, nullable=False),
 )
 Index("run_logs_run", run_logs.c.run_id, run_logs.c.id)
 
@@ -330,7 +360,7 @@ alert_deliveries = Table(
     Column("status", String(10), nullable=False),  # pending | sending | delivered | failed
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("next_attempt_at", UtcDateTime, nullable=False),
-    Column("last_error", Text),
+    Column("last_error", StoredText),
     Column("payload", Json, nullable=False),  # the alert as sent: secrets masked, no params
     Column("lease_owner", String(200)),
     Column("lease_expires_at", UtcDateTime),

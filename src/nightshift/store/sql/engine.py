@@ -29,6 +29,7 @@ from sqlalchemy.engine import Dialect as SaDialect
 from sqlalchemy.engine import make_url
 
 from nightshift.store.sql.prepared import driver_cursor
+from nightshift.store.tables import json_for_postgresql
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +53,9 @@ def make_engine(url: str, *, sqlite_synchronous: str = "NORMAL") -> tuple[Engine
         _configure_sqlite(engine, sqlite_synchronous)
         return engine, Dialect("sqlite", skip_locked=False)
     if parsed.get_backend_name() == "postgresql":
-        engine = create_engine(parsed, pool_size=8, max_overflow=8)
+        engine = create_engine(
+            parsed, pool_size=8, max_overflow=8, json_serializer=json_for_postgresql
+        )
         _ping_when_idle(engine, PING_IDLE_S)
         return engine, Dialect("postgresql", skip_locked=True)
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:/// or postgresql://")
