@@ -59,3 +59,10 @@ class JobFailure(NightshiftError):
     def __init__(self, message: str, *, permanent: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
+
+
+class Refused(NightshiftError):
+    """The database refused what was given (a value it cannot store, a broken constraint):
+    trying again with the same values cannot succeed, unlike after a lost connection."""
+
+    code = "refused"

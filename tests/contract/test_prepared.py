@@ -13,6 +13,7 @@ from sqlalchemy import bindparam, exc, insert, select, text, update
 
 from nightshift.clock import FakeClock
 from nightshift.domain.status import RunStatus
+from nightshift.errors import Refused
 from nightshift.store import SqlStore, open_store
 from nightshift.store.base import Completion, NewRun, RunProgress
 from nightshift.store.sql import engine as engine_module
@@ -332,7 +333,7 @@ def test_a_batch_of_completions_writes_each_outcome_exactly(
         status=RunStatus.SUCCEEDED,
         finished_at=later.replace(tzinfo=None),
     )
-    with pytest.raises(ValueError, match="naive"):
+    with pytest.raises(Refused, match="naive"):
         store.complete([naive])
     assert store.get_run(ids[3]).status == "running"  # nothing of the batch was written
 

@@ -15,10 +15,12 @@ from sqlalchemy import update
 from nightshift.clock import SystemClock
 from nightshift.config import Settings
 from nightshift.domain.misfire import FirePlan
+from nightshift.domain.models import JobKind
 from nightshift.domain.status import RunStatus
 from nightshift.service import Service
 from nightshift.store import SqlStore
 from nightshift.store.tables import runs
+from nightshift.worker.executor import Outcome, Task
 from nightshift.worker.kinds.registry import build_executors
 from nightshift.worker.worker import Worker
 
@@ -100,6 +102,51 @@ async def test_text_the_database_cannot_store_never_blocks_other_outcomes(rig, s
     assert failed.error["type"] == "ValueError"
     assert failed.error["message"] == f"bad{nul}byte"
     assert f"before{nul}after" in [line.message for line in store.get_logs(bad.id)]
+
+
+class _Returns:
+    """The python kind's part played by jobs that return what their params say: a value the
+    database refuses (`refused`), or a plain one."""
+
+    kind = JobKind.PYTHON
+    reports_start = False
+
+    def validate(self, config: dict) -> dict:  # type: ignore[type-arg]
+        return config
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def execute(self, task: Task, io: object) -> Outcome:
+        if task.params.get("refused"):
+            return Outcome("succeeded", result={"value": object()})  # no JSON for that
+        return Outcome("succeeded", result={"value": task.params["value"]})
+
+
+async def test_an_outcome_the_database_refuses_fails_its_run_alone(store, settings) -> None:  # type: ignore[no-untyped-def]
+    """Recorded together, the refused outcome would fail the whole batch again and again: it
+    is recorded apart, as a failure that says why, and the others as they are."""
+    clock = SystemClock()
+    executors = {**build_executors(settings), JobKind.PYTHON: _Returns()}
+    worker = Worker(store, clock, settings, executors)  # type: ignore[arg-type]
+    service = Service(store, clock, settings, executors, on_change=worker.wake)  # type: ignore[arg-type]
+    await worker.start()
+    try:
+        job = py(service, "ok")
+        before = service.run_now(job.id, params={"value": 1})
+        refused = service.run_now(job.id, params={"refused": True})
+        after = service.run_now(job.id, params={"value": 2})
+        while await worker.run_once():
+            pass
+    finally:
+        await worker.close(grace_s=0)
+    assert [store.get_run(r.id).result for r in (before, after)] == [{"value": 1}, {"value": 2}]
+    failed = store.get_run(refused.id)
+    assert (failed.status, failed.error["type"]) == (S.FAILED, "UnstorableOutcome")
+    assert failed.error["message"].startswith("the outcome could not be stored: ")
+    assert failed.result is None and failed.finished_at is not None
+    assert store.count_runs(job_id=job.id) == 3  # not retried: the values would be refused again
 
 
 async def test_a_timeout_kills_a_job_stuck_in_a_cpu_loop(rig, store) -> None:  # type: ignore[no-untyped-def]

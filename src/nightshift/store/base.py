@@ -305,7 +305,8 @@ class Store(Protocol):
         """Record finished executions in one transaction. A completion whose run is no longer
         executing under its owner is fenced out (False) and changes nothing. Otherwise the run
         ends, its exclusive slot is freed, job changes apply, the retry is inserted, and the
-        parent's finished / failed counts grow when the run is final."""
+        parent's finished / failed counts grow when the run is final. Raises `Refused` (and
+        records nothing) when the database refuses a value of the batch."""
 
     def release(
         self,

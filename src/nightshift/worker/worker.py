@@ -19,6 +19,7 @@ from nightshift.config import Settings
 from nightshift.domain.models import JSON, JobKind, Run
 from nightshift.domain.policy import decide
 from nightshift.domain.status import RunStatus
+from nightshift.errors import Refused
 from nightshift.outage import FailureStreak
 from nightshift.store.base import ClaimedRun, Completion, NewRun, Store
 from nightshift.timing import fire_after_sleep
@@ -407,20 +408,39 @@ class Worker:
             batch = [await self._completions.get()]
             while not self._completions.empty():
                 batch.append(self._completions.get_nowait())
-            failures = FailureStreak(log, f"recording {len(batch)} outcome(s)")
-            while True:
-                try:
-                    results = await self._record(self.store.complete, [c for c, _ in batch])
-                    break
-                except Exception as exc:
-                    failures.failed(exc)
-                    await asyncio.sleep(0.5)
-            failures.succeeded()
+            results = await self._store_outcomes([c for c, _ in batch])
             for (completion, chan), ok in zip(batch, results, strict=True):
                 try:
                     self._recorded(completion, chan, ok)
                 finally:
                     self._completions.task_done()
+
+    async def _store_outcomes(self, completions: list[Completion]) -> list[bool]:
+        """Record outcomes, retrying while the database cannot be reached. Outcomes it refuses
+        are recorded one by one, and one that is refused alone becomes a failure saying why:
+        one outcome never holds back the others, and no run waits forever."""
+        failures = FailureStreak(log, f"recording {len(completions)} outcome(s)")
+        while True:
+            try:
+                results = await self._record(self.store.complete, completions)
+            except Refused as exc:
+                if len(completions) > 1:
+                    failures.succeeded()
+                    return [ok for c in completions for ok in await self._store_outcomes([c])]
+                if completions[0].error and completions[0].error.get("type") == _UNSTORABLE:
+                    failures.failed(exc)  # even the bare failure is refused: keep trying
+                    await asyncio.sleep(0.5)
+                    continue
+                log.error(
+                    "run %s: the database refused its outcome: %s", completions[0].run_id, exc
+                )
+                completions = [_unstorable(completions[0], str(exc))]
+            except Exception as exc:
+                failures.failed(exc)
+                await asyncio.sleep(0.5)
+            else:
+                failures.succeeded()
+                return results
 
     async def _heartbeat(self) -> None:
         last_recovery = self.clock.monotonic()
@@ -494,3 +514,21 @@ async def _wait_any(event: asyncio.Event, stop: asyncio.Event, timeout: float) -
 
 def lease_deadline(now: datetime, lease_s: float) -> datetime:
     return now + timedelta(seconds=lease_s)
+
+
+_UNSTORABLE = "UnstorableOutcome"
+
+
+def _unstorable(completion: Completion, reason: str) -> Completion:
+    """What is recorded instead of an outcome the database refused: a failure that says why,
+    without the values (result, state, logs) that were refused. Not retried: the same
+    execution would produce the same values."""
+    message = f"the outcome could not be stored: {reason}"
+    return Completion(
+        run_id=completion.run_id,
+        owner=completion.owner,
+        status=RunStatus.FAILED,
+        finished_at=completion.finished_at,
+        error={"type": _UNSTORABLE, "message": message, "traceback": None},
+        started_at=completion.started_at,
+    )

@@ -17,6 +17,7 @@ from sqlalchemy import (
     bindparam,
     case,
     column,
+    exc,
     func,
     insert,
     literal,
@@ -27,6 +28,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from nightshift.domain.models import CLAIM_ORDER, JSON
 from nightshift.domain.status import EXECUTING, RunStatus
+from nightshift.errors import Refused
+from nightshift.outage import one_line
 from nightshift.store.base import ClaimedRun, Completion, NewRun, RunProgress, SyncResult
 from nightshift.store.sql.codec import encode_job_changes, job_from_row, run_from_row
 from nightshift.store.sql.engine import Dialect, Transactions
@@ -179,8 +182,15 @@ class LeaseStore:
             return result
 
     def complete(self, completions: Sequence[Completion]) -> list[bool]:
-        with self._tx.write() as conn:
-            return _complete_many(conn, completions)
+        try:
+            with self._tx.write() as conn:
+                return _complete_many(conn, completions)
+        except (exc.DataError, exc.IntegrityError, ValueError, TypeError) as error:
+            raise Refused(one_line(error)) from error
+        except exc.StatementError as error:  # a value no processor could encode
+            if isinstance(error.orig, ValueError | TypeError):
+                raise Refused(one_line(error)) from error
+            raise
 
     def release(
         self,
