@@ -66,6 +66,14 @@ class JobSpec(BaseModel):
         # skips a utcoffset() call per operation (the timer, the row encoding).
         return value.astimezone(UTC)
 
+    @field_validator("description", "tags")
+    @classmethod
+    def _no_nul(cls, value: str | list[str]) -> str | list[str]:
+        # PostgreSQL cannot store it: refused here, the same on every database.
+        if any("\x00" in text for text in ([value] if isinstance(value, str) else value)):
+            raise ValueError("must not contain the NUL character (\\u0000)")
+        return value
+
     @field_validator("schedule")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:

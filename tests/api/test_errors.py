@@ -134,3 +134,13 @@ def test_openapi_document_and_docs(api: ApiServer) -> None:
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     health = httpx.get(f"{api.base}/api/v1/health").json()
     assert health["status"] == "ok" and health["roles"] == ["api"]
+
+
+def test_job_text_with_a_nul_character_is_refused_naming_the_field(api: ApiServer, admin) -> None:  # type: ignore[no-untyped-def]
+    """PostgreSQL cannot store NUL; a job's own text with one is refused on every database."""
+    job = {"name": "nul", "kind": "python", "config": {"function": "m:f"}}
+    described = admin.post("/jobs", json={**job, "description": "a\u0000b"})
+    assert _error(described, 422, "invalid")["field"] == "description"
+    tagged = admin.post("/jobs", json={**job, "tags": ["ok", "a\u0000"]})
+    assert _error(tagged, 422, "invalid")["field"] == "tags"
+    assert admin.get("/jobs").json()["items"] == []  # nothing half-written
