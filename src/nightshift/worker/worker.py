@@ -420,6 +420,7 @@ class Worker:
         are recorded one by one, and one that is refused alone becomes a failure saying why:
         one outcome never holds back the others, and no run waits forever."""
         failures = FailureStreak(log, f"recording {len(completions)} outcome(s)")
+        replaced = False  # the outcome is already the bare failure that says why
         while True:
             try:
                 results = await self._record(self.store.complete, completions)
@@ -427,14 +428,14 @@ class Worker:
                 if len(completions) > 1:
                     failures.succeeded()
                     return [ok for c in completions for ok in await self._store_outcomes([c])]
-                if completions[0].error and completions[0].error.get("type") == _UNSTORABLE:
-                    failures.failed(exc)  # even the bare failure is refused: keep trying
+                if replaced:  # even the bare failure is refused: keep trying, as for an outage
+                    failures.failed(exc)
                     await asyncio.sleep(0.5)
                     continue
                 log.error(
                     "run %s: the database refused its outcome: %s", completions[0].run_id, exc
                 )
-                completions = [_unstorable(completions[0], str(exc))]
+                completions, replaced = [_unstorable(completions[0], str(exc))], True
             except Exception as exc:
                 failures.failed(exc)
                 await asyncio.sleep(0.5)
@@ -516,9 +517,6 @@ def lease_deadline(now: datetime, lease_s: float) -> datetime:
     return now + timedelta(seconds=lease_s)
 
 
-_UNSTORABLE = "UnstorableOutcome"
-
-
 def _unstorable(completion: Completion, reason: str) -> Completion:
     """What is recorded instead of an outcome the database refused: a failure that says why,
     without the values (result, state, logs) that were refused. Not retried: the same
@@ -529,6 +527,6 @@ def _unstorable(completion: Completion, reason: str) -> Completion:
         owner=completion.owner,
         status=RunStatus.FAILED,
         finished_at=completion.finished_at,
-        error={"type": _UNSTORABLE, "message": message, "traceback": None},
+        error={"type": "UnstorableOutcome", "message": message, "traceback": None},
         started_at=completion.started_at,
     )

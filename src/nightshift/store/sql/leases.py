@@ -36,7 +36,7 @@ from nightshift.store.sql.engine import Dialect, Transactions
 from nightshift.store.sql.notify import RUNS, notify
 from nightshift.store.sql.prepared import Prepares, one_of
 from nightshift.store.sql.runs import insert_run, run_query
-from nightshift.store.tables import jobs, run_logs, runs
+from nightshift.store.tables import UtcDateTime, jobs, run_logs, runs
 
 _EXECUTING = [str(s) for s in EXECUTING]
 _FINAL_FOR_PARENT = {"succeeded", "failed", "cancelled"}  # a stopped run may resume
@@ -350,7 +350,7 @@ _COMPLETED = (
     "reason",
 )
 _KEPT = {"started_at", "progress", "reason"}
-_TIMES = {"started_at", "finished_at"}
+_TIMES = {name for name in _COMPLETED if isinstance(runs.c[name].type, UtcDateTime)}
 
 
 def _completion_update(dialect: str, keep_state: bool) -> Any:
