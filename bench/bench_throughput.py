@@ -60,23 +60,18 @@ POLL_S = 0.05
 
 
 class CallStats:
-    """Wraps a store method: calls, items per call, wall time per call (in its thread)."""
+    """One store method's calls as the worker sees them: calls, items per call, time from the
+    call to its reply (queueing included)."""
 
-    def __init__(self, fn: Any, size: Any = len) -> None:
-        self.fn, self.size = fn, size
+    def __init__(self, size: Any = len) -> None:
+        self.size = size
         self.calls = self.items = 0
         self.seconds = 0.0
-        self.lock = threading.Lock()
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        result = self.fn(*args, **kwargs)
-        spent = time.perf_counter() - t0
-        with self.lock:
-            self.calls += 1
-            self.items += self.size(result) if self.size else 0
-            self.seconds += spent
-        return result
+    def observe(self, args: tuple[Any, ...], result: Any, spent: float) -> None:
+        self.calls += 1
+        self.items += self.size(result) if self.size else 0
+        self.seconds += spent
 
     def summary(self) -> dict[str, Any]:
         if not self.calls:
@@ -91,29 +86,28 @@ class CallStats:
 
 class Completions(CallStats):
     """Counts committed completions of `run_ids` (the service's own system jobs complete runs
-    too); sets `done` (thread-safely) once `n` are in."""
+    too); sets `done` once `n` are in."""
 
     def __init__(
-        self, fn: Any, n: int, loop: asyncio.AbstractEventLoop, run_ids: set[int] | None = None
+        self, n: int, run_ids: set[int] | None = None, meter: CpuMeter | None = None
     ) -> None:
-        super().__init__(fn, size=None)
-        self.n, self.loop, self.run_ids = n, loop, run_ids
+        super().__init__(size=None)
+        self.n, self.run_ids = n, run_ids
         self.done = asyncio.Event()
         self.first_at: float | None = None
         self.done_at: float | None = None
         #: CPU by part from the first committed completion to the last (the steady drain).
-        self.meter = CpuMeter()
+        self.meter = meter or CpuMeter()
         self.first_items = 0
 
-    def __call__(self, completions: Any) -> Any:
-        result = super().__call__(completions)
-        mine = sum(
+    def observe(self, args: tuple[Any, ...], result: Any, spent: float) -> None:
+        super().observe(args, result, spent)
+        (completions,) = args
+        self.items += sum(
             ok
             for c, ok in zip(completions, result, strict=True)
             if self.run_ids is None or c.run_id in self.run_ids
         )
-        with self.lock:
-            self.items += mine
         now = time.perf_counter()
         if self.first_at is None and self.items:
             self.first_at = now
@@ -122,8 +116,22 @@ class Completions(CallStats):
         if self.items >= self.n and self.done_at is None:
             self.done_at = now
             self.meter.stop()
-            self.loop.call_soon_threadsafe(self.done.set)
+            self.done.set()
+
+
+def observe_calls(calls: Any, stats: dict[str, CallStats]) -> None:
+    """Time the worker's store calls named in `stats` where it makes them (on its event loop),
+    whether they run on its threads or in its store process."""
+    call = calls.call
+
+    async def observed(lane: str, name: str, *args: Any) -> Any:
+        t0 = time.perf_counter()
+        result = await call(lane, name, *args)
+        if (stat := stats.get(name)) is not None:
+            stat.observe(args, result, time.perf_counter() - t0)
         return result
+
+    calls.call = observed
 
 
 def create_noop_job(service: Any) -> Any:
@@ -215,14 +223,16 @@ def run_inprocess(
         stats: dict[str, Any] = {}
 
         async def drain() -> tuple[float, Completions]:
-            store = runtime.store
-            completions = Completions(
-                store.complete, n, asyncio.get_running_loop(), job_run_ids(store, job.id)
+            calls = runtime.worker.calls
+            meter = CpuMeter({"store process": lambda: getattr(calls, "pid", None)})
+            completions = Completions(n, job_run_ids(runtime.store, job.id), meter)
+            stats.update(
+                complete=completions,
+                claim_slots=CallStats(),
+                sync=CallStats(size=None),
+                next_run_due=CallStats(size=None),
             )
-            store.complete = completions  # type: ignore[method-assign]
-            stats["claim"] = store.claim_slots = CallStats(store.claim_slots)  # type: ignore[method-assign]
-            stats["sync"] = store.sync = CallStats(store.sync, size=None)  # type: ignore[method-assign]
-            stats["next_run_due"] = store.next_run_due = CallStats(store.next_run_due, size=None)  # type: ignore[method-assign]
+            observe_calls(calls, stats)
             t0 = time.perf_counter()
             serving = asyncio.create_task(runtime.serve())
             try:
@@ -266,10 +276,7 @@ def run_inprocess(
                 "worker_concurrency": settings.worker_concurrency,
                 "sqlite_synchronous": settings.sqlite_synchronous,
             },
-            calls={
-                "complete": completions.summary(),
-                **{k: v.summary() for k, v in stats.items()},
-            },
+            calls={k: v.summary() for k, v in stats.items()},
             statuses=check["statuses"],
             notes="enqueue: Service.run_now, one transaction per run"
             + ("; bulk: store.enqueue_many" if enqueued["bulk_per_s"] else " (no bulk path)")

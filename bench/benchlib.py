@@ -334,7 +334,10 @@ class CpuMeter:
     this process's threads by name, its child processes (the python pool), and PostgreSQL's
     server processes. `start()` and `stop()` bracket the drain; `per_job_us(n)` divides."""
 
-    def __init__(self) -> None:
+    def __init__(self, named: dict[str, Any] | None = None) -> None:
+        #: Child processes counted apart from the pool's: part name -> a function giving the
+        #: PID (e.g. the worker's store process).
+        self.named = named or {}
         self._tick = os.sysconf("SC_CLK_TCK")
         self._start: dict[str, float] = {}
         self.parts: dict[str, float] = {}
@@ -377,6 +380,11 @@ class CpuMeter:
                 up, seen = parents.get(up), seen + 1
             if up == me:
                 mine.add(pid)
+        apart = {name: pid() for name, pid in self.named.items()}
+        for name, pid in apart.items():
+            if pid is not None:
+                out[name] = self._proc_cpu(f"/proc/{pid}/stat")
+                mine.discard(pid)
         for part, pids in (("pool children", mine), ("postgresql server", postgres)):
             for pid in pids:
                 out[part] = out.get(part, 0.0) + self._proc_cpu(f"/proc/{pid}/stat")

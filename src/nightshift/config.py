@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     #: ... but only as many as the processes get through in about this long, at the recent run
     #: time: long runs are not held away from other workers and from new roots.
     worker_prefetch_window_s: float = Field(default=0.05, ge=0)
+    #: Where the worker's claims and outcomes run: "process", a process of its own whose
+    #: Python runs beside the service's instead of taking turns with it; "threads", threads of
+    #: the service process; "auto", a process on SQLite and threads on PostgreSQL, the faster
+    #: on each (worker/store_process.py, bench/PROFILE.md).
+    worker_store_calls: Literal["auto", "process", "threads"] = "auto"
     lease_s: float = Field(default=30.0, gt=0)
     heartbeat_s: float = Field(default=0.5, gt=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0)

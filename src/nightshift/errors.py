@@ -22,6 +22,9 @@ class InvalidInput(NightshiftError, ValueError):
     def __str__(self) -> str:
         return f"{self.field}: {self.message}" if self.field else self.message
 
+    def __reduce__(self) -> tuple[object, ...]:  # errors cross to and from the store process
+        return type(self), (self.message, self.field)
+
 
 class InvalidSchedule(InvalidInput):
     """A schedule expression or timezone that cannot be parsed."""
@@ -39,6 +42,9 @@ class NotFound(NightshiftError, LookupError):
         self.what = what
         self.key = key
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return type(self), (self.what, self.key)
+
 
 class Conflict(NightshiftError):
     """The operation does not apply to the current state (e.g. resuming a running run);
@@ -50,6 +56,9 @@ class Conflict(NightshiftError):
         super().__init__(message)
         self.field = field
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return type(self), (str(self), self.field)
+
 
 class JobFailure(NightshiftError):
     """A job's execution failed; `permanent` says that retrying cannot help."""
@@ -60,9 +69,16 @@ class JobFailure(NightshiftError):
         super().__init__(message)
         self.permanent = permanent
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return _job_failure, (type(self), str(self), self.permanent)
+
 
 class Refused(NightshiftError):
     """The database refused what was given (a value it cannot store, a broken constraint):
     trying again with the same values cannot succeed, unlike after a lost connection."""
 
     code = "refused"
+
+
+def _job_failure(kind: type[JobFailure], message: str, permanent: bool) -> JobFailure:
+    return kind(message, permanent=permanent)

@@ -30,6 +30,7 @@ from nightshift.store.sql.notify import JOBS, RUNS, Listener
 from nightshift.system_jobs import SystemTasks
 from nightshift.worker.kinds.python import PythonExecutor
 from nightshift.worker.kinds.registry import build_executors
+from nightshift.worker.store_process import store_calls
 from nightshift.worker.worker import Worker
 
 log = logging.getLogger("nightshift")
@@ -64,8 +65,14 @@ class Runtime:
         if self.store.dialect == "postgresql" and settings.notify:
             self.listener = Listener(settings.listen_url or settings.database_url)
         self.scheduler = Scheduler(self.store, self.clock, settings, notified=self._notified)
+        calls = store_calls(self.store, settings) if "worker" in roles else None
         self.worker = Worker(
-            self.store, self.clock, settings, self.executors, notified=self._notified
+            self.store,
+            self.clock,
+            settings,
+            self.executors,
+            notified=self._notified,
+            calls=calls,
         )
         self.service = Service(
             self.store, self.clock, settings, self.executors, on_change=self._changed

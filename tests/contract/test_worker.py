@@ -22,17 +22,22 @@ from nightshift.store import SqlStore
 from nightshift.store.tables import runs
 from nightshift.worker.executor import Outcome, Task
 from nightshift.worker.kinds.registry import build_executors
+from nightshift.worker.store_process import store_calls
 from nightshift.worker.worker import Worker
 
 S = RunStatus
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-async def rig(store: SqlStore, settings: Settings) -> AsyncIterator[tuple[Service, Worker]]:
+@pytest.fixture(params=["threads", "process"])
+async def rig(
+    store: SqlStore, settings: Settings, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Service, Worker]]:
+    """A worker making its store calls on threads, or through its store process."""
     clock = SystemClock()
     executors = build_executors(settings)
-    worker = Worker(store, clock, settings, executors)
+    calls = store_calls(store, settings.model_copy(update={"worker_store_calls": request.param}))
+    worker = Worker(store, clock, settings, executors, calls=calls)
     service = Service(store, clock, settings, executors, on_change=worker.wake)
     await worker.start()
     yield service, worker

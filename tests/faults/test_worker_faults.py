@@ -132,7 +132,7 @@ def test_a_worker_paused_past_its_lease_cannot_overwrite_the_retry(
 
     stale.signal(signal.SIGCONT)  # it wakes up holding an outcome for a run it no longer owns
     wait_until(
-        lambda: "lease lost" in tail(stale) or "result discarded" in tail(stale),
+        lambda: "lease lost" in tail(stale) or "no longer held here" in tail(stale),
         timeout=30,
         what="the stale worker learns it lost the run",
     )

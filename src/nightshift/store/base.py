@@ -330,6 +330,9 @@ class Store(Protocol):
     def lease_owners(self) -> list[str]:
         """Distinct owners of executing runs."""
 
+    def held_runs(self, owner: str) -> list[int]:
+        """The runs executing under `owner`'s lease."""
+
     # -- logs ---------------------------------------------------------------------------------
     def get_logs(
         self,

@@ -1,7 +1,8 @@
-"""The fork server the python pool's children are forked from (see pool.py).
+"""The fork server the python pool's children and the worker's store process are forked from
+(see pool.py and store_process.py).
 
 A fresh process (never a fork of the service, which runs threads and an event loop) that has
-imported the child module: a new child costs a fork, not an interpreter importing everything
+imported their modules: a new child costs a fork, not an interpreter importing everything
 again. `start()` starts it early, so that it imports on the other core while the service
 imports the rest (`nightshift up` and `nightshift worker` call it first thing).
 """
@@ -13,8 +14,13 @@ from multiprocessing import forkserver
 from multiprocessing.context import ForkServerContext
 
 #: What the server imports before it forks a child ("__main__": the program, as "spawn" would
-#: import it in every child).
-PRELOAD = ["__main__", "nightshift.worker.child"]
+#: import it in every child; the store and its drivers for the store process).
+PRELOAD = [
+    "__main__",
+    "nightshift.worker.child",
+    "nightshift.worker.store_process",
+    "nightshift.store",
+]
 
 
 def context() -> ForkServerContext:

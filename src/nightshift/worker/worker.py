@@ -7,12 +7,11 @@ slots full, waking on local enqueues, on completions, at the next due run, or on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 from nightshift.clock import Clock
 from nightshift.config import Settings
@@ -26,9 +25,9 @@ from nightshift.timing import fire_after_sleep
 from nightshift.worker.channel import RunChannel
 from nightshift.worker.executor import Executor, Outcome, Task, error_info
 from nightshift.worker.owner import is_dead, make_owner
+from nightshift.worker.store_calls import StoreCalls, ThreadCalls
 
 log = logging.getLogger("nightshift.worker")
-T = TypeVar("T")
 
 #: How often an idle worker looks for runs of other processes when no notifications arrive.
 POLL_S = 1.0
@@ -45,6 +44,7 @@ class Worker:
         *,
         owner: str | None = None,
         notified: Callable[[], bool] = lambda: False,
+        calls: StoreCalls | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -64,32 +64,26 @@ class Worker:
         self._completions: asyncio.Queue[tuple[Completion, RunChannel]] = asyncio.Queue()
         self._background: list[asyncio.Task[None]] = []
         self._closing = False
-        # One thread for claims and one for recording outcomes and heartbeats on PostgreSQL:
-        # the server works on one's statements while Python encodes and decodes the other's
-        # (+20 % drain, bench/PROFILE.md). On SQLite one thread: writers queue anyway (one at a
-        # time), and waking the same thread each time costs less than a pool's hand-offs.
-        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nightshift-store")
-        self._db_record = (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="nightshift-record")
-            if getattr(store, "dialect", None) == "postgresql"
-            else self._db
-        )
+        #: Where the store calls run: threads of this process unless the runtime gives a
+        #: process of their own (store_process.py).
+        self.calls: StoreCalls = calls or ThreadCalls(store)
 
-    async def _call(
-        self, fn: Callable[..., T], *args: Any, on: ThreadPoolExecutor | None = None
-    ) -> T:
-        """Run a store call on the store thread (`on`: another one)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(on or self._db, partial(fn, *args))
+    async def _call(self, name: str, *args: Any) -> Any:
+        """A store call of the claiming side (claims, lookups, recovery)."""
+        return await self.calls.call("claims", name, *args)
 
-    async def _record(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _record(self, name: str, *args: Any) -> Any:
         """A store call of the recording side (outcomes, heartbeats, releases)."""
-        return await self._call(fn, *args, on=self._db_record)
+        return await self.calls.call("records", name, *args)
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
-        for executor in self.executors.values():
-            await executor.start()
+        calls = asyncio.ensure_future(self.calls.start())  # meanwhile the executors start
+        try:
+            for executor in self.executors.values():
+                await executor.start()
+        finally:
+            await calls
         self._background = [
             asyncio.create_task(self._completer(), name="completer"),
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
@@ -116,18 +110,17 @@ class Worker:
         await asyncio.gather(*self._background, return_exceptions=True)
         for executor in self.executors.values():
             await executor.close()
-        self._db.shutdown(wait=False)
-        self._db_record.shutdown(wait=False)
+        await self.calls.close()
 
     async def recover_at_start(self) -> int:
         """Runs held by a dead predecessor on this host go back now, without waiting for leases."""
-        owners = await self._call(self.store.lease_owners)
+        owners = await self._call("lease_owners")
         dead = [o for o in owners if is_dead(o, self.owner)]
         now = self.clock.now()
         if dead:
-            await self._call(self.store.expire_leases, dead, now)
+            await self._call("expire_leases", dead, now)
             log.warning("recovering runs of %d dead worker(s): %s", len(dead), ", ".join(dead))
-        return await self._call(self.store.recover_expired, now, self.settings.max_lost_attempts)
+        return await self._call("recover_expired", now, self.settings.max_lost_attempts)
 
     # -- stepping -------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -161,10 +154,12 @@ class Worker:
                     if started and self._free_slots():
                         continue
                     if self._dry - dry:  # a kind found nothing due: when will it?
-                        next_due = await self._call(self.store.next_run_due, self.clock.now())
+                        next_due = await self._call("next_run_due", self.clock.now())
             except Exception as exc:
                 failures.failed(exc)
                 await _wait_any(asyncio.Event(), stop, timeout=POLL_S)
+                with contextlib.suppress(Exception):  # the next failure says why
+                    await self._release_strays()
                 continue
             wait = self.settings.poll_s if self.notified() else POLL_S
             if next_due is not None:
@@ -173,6 +168,16 @@ class Worker:
             if not self._wake.is_set():  # the poll interval, or the next due run: look again
                 self._dry.clear()
                 next_due = None
+
+    async def _release_strays(self) -> None:
+        """Hand back the runs held under this worker's lease that it never received: a claim
+        can commit and then lose its reply (its store process or connection went away).
+        Back to pending now, rather than failed as lost when their leases expire."""
+        held = await self._call("held_runs", self.owner)
+        strays = [run_id for run_id in held if run_id not in self._inflight]
+        if strays:
+            count = await self._record("release", self.owner, strays, {}, self.clock.now())
+            log.warning("%d claimed run(s) whose claim went unanswered: back to pending", count)
 
     # -- claiming -------------------------------------------------------------------------------
     def _free_slots(self) -> dict[str, int]:
@@ -219,7 +224,7 @@ class Worker:
         slots = [(kinds.split(","), limit) for kinds, limit in groups.items()]
         self._urgent = False
         claimed = await self._call(
-            self.store.claim_slots, self.owner, self.clock.now(), self.settings.lease_s, slots
+            "claim_slots", self.owner, self.clock.now(), self.settings.lease_s, slots
         )
         got = {str(item.run.kind) for item in claimed}
         for group in groups:
@@ -260,15 +265,18 @@ class Worker:
             log.exception("run %s of job %s: could not record its outcome", run.id, job.name)
         finally:
             if not handed:
-                self._inflight.pop(run.id, None)
-                if chan.kill_reason == "shutdown":
-                    await self._record(
-                        self.store.release,
-                        self.owner,
-                        [run.id],
-                        {run.id: chan.state},
-                        self.clock.now(),
-                    )
+                try:
+                    if chan.kill_reason == "shutdown":
+                        await self._record(
+                            "release",
+                            self.owner,
+                            [run.id],
+                            {run.id: chan.state},
+                            self.clock.now(),
+                        )
+                finally:
+                    # Known until released: not a stray (see _release_strays).
+                    self._inflight.pop(run.id, None)
                 if run.exclusive:
                     self.wake()  # its end frees the job's slot for a queued run
                 else:
@@ -278,7 +286,9 @@ class Worker:
         """The completer recorded a run's outcome (or found it fenced out): the run is over."""
         run_id = completion.run_id
         if not recorded:
-            log.warning("run %s: result discarded, another attempt holds it", run_id)
+            # Fenced out: another attempt holds it, or this outcome was recorded by a call
+            # whose reply was lost (its store process or connection went away).
+            log.warning("run %s: outcome not recorded, the run is no longer held here", run_id)
         self._inflight.pop(run_id, None)
         if chan.run.exclusive or completion.retry is not None:
             self.wake()  # a freed exclusive slot, or a retry: both are new work to claim
@@ -386,7 +396,7 @@ class Worker:
     async def _enqueue_child(
         self, parent: Run, job_name: str, params: JSON | None, low_priority: bool
     ) -> int:
-        target = await self._call(self.store.find_job, parent.app, job_name)
+        target = await self._call("find_job", parent.app, job_name)
         if target is None:
             raise LookupError(f"no job named {job_name!r} in app {parent.app!r}")
         now = self.clock.now()
@@ -397,7 +407,7 @@ class Worker:
             low_priority=low_priority,
             parent_id=parent.id,
         )
-        child = await self._call(self.store.enqueue, new, now)
+        child = await self._call("enqueue", new, now)
         self.wake()
         return child.id
 
@@ -423,7 +433,7 @@ class Worker:
         replaced = False  # the outcome is already the bare failure that says why
         while True:
             try:
-                results = await self._record(self.store.complete, completions)
+                results = await self._record("complete", completions)
             except Refused as exc:
                 if len(completions) > 1:
                     failures.succeeded()
@@ -458,7 +468,7 @@ class Worker:
                     last_recovery = self.clock.monotonic()
                     touched = True
                     await self._record(
-                        self.store.recover_expired,
+                        "recover_expired",
                         self.clock.now(),
                         self.settings.max_lost_attempts,
                     )
@@ -480,7 +490,7 @@ class Worker:
         updates = [c.drain() for c in channels]
         try:
             result = await self._record(
-                self.store.sync, self.owner, self.clock.now(), self.settings.lease_s, updates
+                "sync", self.owner, self.clock.now(), self.settings.lease_s, updates
             )
         except Exception:
             for chan, update in zip(channels, updates, strict=True):

@@ -289,6 +289,11 @@ class LeaseStore:
                 .values(lease_expires_at=now - timedelta(microseconds=1))
             ).rowcount
 
+    def held_runs(self, owner: str) -> list[int]:
+        query = select(runs.c.id).where(runs.c.lease_owner == owner, runs.c.status.in_(_EXECUTING))
+        with self._tx.read() as conn:
+            return list(conn.scalars(query))
+
     def lease_owners(self) -> list[str]:
         query = (
             select(runs.c.lease_owner)
