@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import os
 import subprocess
-import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
