@@ -7,6 +7,9 @@ import asyncio
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +23,7 @@ from nightshift.errors import NotFound, Refused
 from nightshift.service import Service
 from nightshift.store import SqlStore
 from nightshift.store.base import Completion
+from nightshift.store.sql.engine import writers_lock_path
 from nightshift.worker.kinds.registry import build_executors
 from nightshift.worker.store_calls import ThreadCalls
 from nightshift.worker.store_process import StoreProcess, StoreProcessGone, store_calls
@@ -221,6 +225,57 @@ def test_threads_on_postgresql_and_a_process_on_a_sqlite_file(tmp_path: Path) ->
     assert isinstance(store_calls(pg, process), StoreProcess)
     threads = auto.model_copy(update={"worker_store_calls": "threads"})
     assert isinstance(store_calls(on_file, threads), ThreadCalls)
+
+
+_HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_sqlite_writers_of_several_processes_take_turns_and_a_dead_holder_lets_go(
+    store: SqlStore, settings: Settings
+) -> None:
+    """Writers queue on a lock file beside the database (woken when it is free, not polling
+    with SQLite's sleeps); a holder killed with -9 releases it."""
+    path = writers_lock_path(store.engine)
+    assert path is not None and path.endswith("nightshift.db-writers")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        service = _service(store, settings)
+        done = threading.Event()
+        created: list[object] = []
+
+        def write() -> None:
+            created.append(
+                service.create_job(
+                    {
+                        "name": "later",
+                        "kind": "python",
+                        "config": {"function": "tests.jobs_worker:ok"},
+                    }
+                )
+            )
+            done.set()
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        assert not done.wait(0.3)  # it waits its turn
+        assert store.find_job("default", "later") is None
+        holder.kill()
+        assert done.wait(10)
+        writer.join()
+        assert store.find_job("default", "later") is not None
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def _alive(pid: int) -> bool:

@@ -42,6 +42,7 @@ class SqlStore(
 
     def close(self) -> None:
         self.engine.dispose()
+        self._tx.close()
 
     def ping(self) -> None:
         with self._tx.read() as conn:
