@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=100, ge=1)
     #: Python runs a worker claims ahead of its free processes, waiting in priority order for
     #: one: claims and completions then go in batches instead of one transaction per run.
-    worker_prefetch: int = Field(default=64, ge=0)
+    worker_prefetch: int = Field(default=128, ge=0)
     #: ... but only as many as the processes get through in about this long, at the recent run
     #: time: long runs are not held away from other workers and from new roots.
     worker_prefetch_window_s: float = Field(default=0.05, ge=0)

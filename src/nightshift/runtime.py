@@ -28,6 +28,7 @@ from nightshift.service import Service
 from nightshift.store import SqlStore, open_store
 from nightshift.store.sql.notify import JOBS, RUNS, Listener
 from nightshift.system_jobs import SystemTasks
+from nightshift.worker import forkserver
 from nightshift.worker.kinds.python import PythonExecutor
 from nightshift.worker.kinds.registry import build_executors
 from nightshift.worker.store_process import store_calls
@@ -55,6 +56,8 @@ class Runtime:
         self.settings = settings
         self.roles = roles
         self.clock = clock or SystemClock()
+        if "worker" in roles:
+            forkserver.start()  # it imports the worker's processes' code while we set up
         self.store: SqlStore = open_store(
             settings.database_url, sqlite_synchronous=settings.sqlite_synchronous
         )
