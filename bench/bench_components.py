@@ -27,7 +27,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from bench_throughput import NOOP, CallStats, Completions, create_noop_job
+from bench_throughput import NOOP, CallStats, Completions, create_noop_job, observe_calls
 from benchlib import Results, TempDatabase, add_common_args, backends, quiet_logging
 from sqlalchemy import insert
 
@@ -253,10 +253,9 @@ async def _drain(store: Any, settings: Any, count: int) -> tuple[float, Completi
     from nightshift.clock import SystemClock
     from nightshift.worker.worker import Worker
 
-    completions = Completions(store.complete, count, asyncio.get_running_loop())
-    store.complete = completions
-    claims = store.claim_slots = CallStats(store.claim_slots)
+    completions, claims = Completions(count), CallStats()
     worker = Worker(store, SystemClock(), settings, {JobKind.PYTHON: NullExecutor()})
+    observe_calls(worker.calls, {"complete": completions, "claim_slots": claims})
     stop = asyncio.Event()
     t0 = time.perf_counter()
     await worker.start()

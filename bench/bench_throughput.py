@@ -60,12 +60,19 @@ POLL_S = 0.05
 
 class CallStats:
     """One store method's calls as the worker sees them: calls, items per call, time from the
-    call to its reply (queueing included)."""
+    call to its reply (queueing included). Given `fn`, it is also `fn` timed (bench_lateness
+    wraps `Scheduler.tick` so)."""
 
-    def __init__(self, size: Any = len) -> None:
-        self.size = size
+    def __init__(self, fn: Any = None, size: Any = len) -> None:
+        self.fn, self.size = fn, size
         self.calls = self.items = 0
         self.seconds = 0.0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        result = self.fn(*args, **kwargs)
+        self.observe(args, result, time.perf_counter() - t0)
+        return result
 
     def observe(self, args: tuple[Any, ...], result: Any, spent: float) -> None:
         self.calls += 1

@@ -190,11 +190,16 @@ class StoreProcess:
             if end - start < size:
                 break
             pos = start + size
-            self._on_reply(lane, pickle.loads(buffer[start:pos]))
+            try:
+                reply = pickle.loads(buffer[start:pos])
+            except Exception as exc:  # replies and callers no longer pair up: start afresh
+                self._lost(f"an unreadable reply from the store process: {one_line(exc)}")
+                return
+            self._on_reply(lane, reply)
         if pos:
             del buffer[:pos]
         if eof:
-            self._lost(f"the store process ended ({_exit(self._process)})")
+            self._lost(f"the store process ended{_exit(self._process)}")
 
     def _on_reply(self, lane: int, reply: tuple[Any, ...]) -> None:
         kind = reply[0]
@@ -265,12 +270,11 @@ def _reap(process: BaseProcess) -> None:
 
 
 def _exit(process: BaseProcess | None) -> str:
-    if process is None:
-        return "not started"
-    code = process.exitcode
+    """How the process ended, when that is known yet: " (killed by signal 9)"."""
+    code = process.exitcode if process is not None else None
     if code is None:
-        return "still running"
-    return f"exit status {code}" if code >= 0 else f"killed by signal {-code}"
+        return ""
+    return f" (exit status {code})" if code >= 0 else f" (killed by signal {-code})"
 
 
 # -- the store process ---------------------------------------------------------------------------
