@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 from operator import attrgetter
@@ -140,6 +140,11 @@ class Run:
     def claim_order(self) -> tuple[Any, ...]:
         return _claim_key(self)  # type: ignore[no-any-return]
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Positional: less than half the default's cost to load, for runs that cross to the
+        # worker from its store process by the hundred.
+        return Run, _run_values(self)
+
     def waiting_s(self, now: datetime) -> float | None:
         """Created to started (seed 002); grows while the run is pending, None if it never ran."""
         end = self.started_at or (now if self.status == RunStatus.PENDING else None)
@@ -153,6 +158,9 @@ class Run:
             return None
         end = self.finished_at or now
         return max(0.0, (end - self.started_at).total_seconds())
+
+
+_run_values = attrgetter(*(f.name for f in fields(Run)))
 
 
 @dataclass(frozen=True, slots=True)

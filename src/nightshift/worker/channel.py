@@ -35,7 +35,8 @@ class RunChannel:
         self._on_stop: list[Callable[[], None]] = []
         self.kill_reason: str | None = None
         self.completing = False  # the outcome is being recorded
-        self.exec_task: asyncio.Task[Any] | None = None
+        self.exec_task: asyncio.Task[Any] | None = None  # while the executor runs
+        self.supervisor: asyncio.Task[Any] | None = None  # the task that supervises it
         #: When the execution really began (a python run may first wait for a process).
         self.started_at: datetime | None = None
         self._deadline: asyncio.TimerHandle | None = None

@@ -23,6 +23,9 @@ LANES: tuple[Lane, ...] = ("claims", "records")
 class StoreCalls(Protocol):
     """Runs `Store` methods by name for the worker, off its event loop."""
 
+    #: The calls' Python runs in another process, beside the worker's own.
+    separate_process: bool
+
     async def start(self) -> None: ...
 
     async def call(self, lane: Lane, name: str, *args: Any) -> Any: ...
@@ -37,6 +40,8 @@ def separate_lanes(dialect: str) -> bool:
 
 class ThreadCalls:
     """The calls on one thread per lane of this process."""
+
+    separate_process = False
 
     def __init__(self, store: Store) -> None:
         self.store = store

@@ -81,6 +81,8 @@ class StoreCallFailed(RuntimeError):
 class StoreProcess:
     """The parent's side: starts the process, sends calls, matches replies to callers."""
 
+    separate_process = True
+
     def __init__(self, url: str, dialect: str, *, sqlite_synchronous: str = "NORMAL") -> None:
         self.url = url
         self.sqlite_synchronous = sqlite_synchronous
