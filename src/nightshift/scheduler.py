@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from functools import partial
 
 from nightshift.clock import Clock
 from nightshift.config import Settings
@@ -46,8 +47,10 @@ class Scheduler:
         self.on_fired: list = []  # callbacks run after a tick created runs (wake local workers)
 
     # -- one step -------------------------------------------------------------------------------
-    def tick(self, now: datetime | None = None) -> int:
-        """Fire every job due at `now`; returns how many jobs were handled."""
+    def tick(self, now: datetime | None = None, committed: Callable[[], None] | None = None) -> int:
+        """Fire every job due at `now`, a batch per transaction; returns how many jobs were
+        handled. `committed` is called after each batch that fired some: its runs can be
+        claimed while the next batch is fired."""
         now = now or self.clock.now()
         total = 0
         while True:
@@ -55,6 +58,8 @@ class Scheduler:
                 now, lambda job: self.plan(job, now), self.settings.scheduler_batch
             )
             total += handled
+            if handled and committed is not None:
+                committed()
             if handled < self.settings.scheduler_batch:
                 return total
 
@@ -112,9 +117,10 @@ class Scheduler:
                     self._notify()
                 if version is None:
                     version = await asyncio.to_thread(self.store.schedule_version)
-                fired = await asyncio.to_thread(self.tick, self.clock.now())
-                if fired:
-                    self._notify()
+                loop = asyncio.get_running_loop()
+                fired = await asyncio.to_thread(
+                    self.tick, self.clock.now(), partial(loop.call_soon_threadsafe, self._notify)
+                )
                 next_due = await asyncio.to_thread(self.store.next_fire_due)
             except Exception as exc:
                 failures.failed(exc)

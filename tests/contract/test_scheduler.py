@@ -54,6 +54,19 @@ def test_interval_fires_once_per_slot_from_the_job_start(service, scheduler, sto
     assert scheduled(store, j.id) == [start + timedelta(seconds=10 * i) for i in range(1, 6)]
 
 
+def test_each_committed_batch_is_announced_before_the_next_is_fired(  # type: ignore[no-untyped-def]
+    service, store, clock, settings
+) -> None:
+    """Runs of a big instant become claimable batch by batch, not when the last one commits."""
+    scheduler = Scheduler(store, clock, settings.model_copy(update={"scheduler_batch": 2}))
+    jobs = [job(service, f"j{i}", schedule="every 10s") for i in range(5)]
+    clock.advance(10)
+    visible: list[int] = []
+    assert scheduler.tick(committed=lambda: visible.append(len(store.list_runs()))) == 5
+    assert visible == [2, 4, 5]  # each announcement finds its batch committed
+    assert sorted(r.job_id for r in store.list_runs()) == sorted(j.id for j in jobs)
+
+
 def test_cron_in_a_timezone_across_spring_forward(service, scheduler, store, clock) -> None:  # type: ignore[no-untyped-def]
     clock.set(datetime(2026, 3, 7, 12, 0, tzinfo=UTC))
     j = job(service, schedule="30 2 * * *", timezone="America/New_York")
