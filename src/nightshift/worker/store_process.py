@@ -153,8 +153,8 @@ class StoreProcess:
             if len(data) <= 0x7FFFFFFF
             else _HEADER.pack(-1) + _LONG_HEADER.pack(len(data)) + data
         )
-        socks, waiting = self._socks, self._waiting
-        async with self._sending[index]:
+        socks, waiting, sending = self._socks, self._waiting, self._sending
+        async with sending[index]:
             if self._socks is not socks:  # it went away while we queued to send
                 raise StoreProcessGone("the store process ended")
             waiting[index].append(future)
@@ -201,7 +201,7 @@ class StoreProcess:
         if pos:
             del buffer[:pos]
         if eof:
-            self._lost(f"the store process ended{_exit(self._process)}")
+            self._lost(f"the store process ended{_how_it_ended(self._process)}")
 
     def _on_reply(self, lane: int, reply: tuple[Any, ...]) -> None:
         kind = reply[0]
@@ -271,7 +271,7 @@ def _reap(process: BaseProcess) -> None:
         process.close()
 
 
-def _exit(process: BaseProcess | None) -> str:
+def _how_it_ended(process: BaseProcess | None) -> str:
     """How the process ended, when that is known yet: " (killed by signal 9)"."""
     code = process.exitcode if process is not None else None
     if code is None:
