@@ -13,7 +13,8 @@
    reported too. When `--create-budget` seconds run out first, the rate so far is
    extrapolated to S and the rest are inserted by the bench itself (executemany of the
    store's own row encoding) so that the later steps still see S schedules; the row says so.
-2. RSS: that `nightshift up` (its main process, and with its python worker processes) 3 s after
+2. RSS: that `nightshift up` (its main process, and with its other processes: the sum of their
+   RSS, and their PSS, which counts the pages they share once) 3 s after
    the last schedule was created, its scheduler holding S idle schedules; and this process
    (service + store in-process) after step 3.
 3. The scheduler's wake-up with S idle schedules: `store.next_fire_due()` and an idle
@@ -56,6 +57,7 @@ from benchlib import (
     rss_mb,
     stop_process,
     timed,
+    tree_pss_mb,
     tree_rss_mb,
     working_directory,
 )
@@ -204,6 +206,7 @@ def service_rss(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
     return {
         "service_rss_mb": rss_mb(proc.pid) if alive else None,
         "service_tree_rss_mb": tree_rss_mb(proc.pid) if alive else None,
+        "service_tree_pss_mb": tree_pss_mb(proc.pid) if alive else None,
     }
 
 

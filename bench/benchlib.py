@@ -136,6 +136,17 @@ def tree_rss_mb(pid: int) -> float:
     return round(total, 1)
 
 
+def tree_pss_mb(pid: int) -> float:
+    """Proportional set size of a process and its descendants: pages shared between them (the
+    fork server's imports, inherited by every process forked from it) counted once in all,
+    where the sum of their RSS counts them in each."""
+    total = 0
+    for member in [pid, *descendants(pid)]:
+        with contextlib.suppress(OSError), open(f"/proc/{member}/smaps_rollup") as fh:
+            total += next(int(line.split()[1]) for line in fh if line.startswith("Pss:"))
+    return round(total / 1024, 1)
+
+
 # -- statistics ------------------------------------------------------------------------------
 
 

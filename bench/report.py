@@ -200,9 +200,9 @@ def rows_for(row: dict[str, Any]) -> list[list[str]]:
                 bench,
                 backend,
                 work,
-                "RSS: `nightshift up` main (+ workers) / bench process",
-                f"{_n(f.get('service_rss_mb'))} ({_n(f.get('service_tree_rss_mb'))}) / "
-                f"{_n(f.get('bench_rss_mb'))} MB",
+                "RSS: `nightshift up` main (+ its processes: RSS, PSS) / bench process",
+                f"{_n(f.get('service_rss_mb'))} ({_n(f.get('service_tree_rss_mb'))}, "
+                f"{_n(f.get('service_tree_pss_mb'))}) / {_n(f.get('bench_rss_mb'))} MB",
                 "< 300 MB",
                 _yes((f.get("service_rss_mb") or 1e9) < 300),
                 load,
