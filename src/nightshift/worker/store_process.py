@@ -15,9 +15,10 @@ If the process dies (killed, out of memory), the calls waiting on it fail with
 `StoreProcessGone` and the next call starts a new one: the worker retries what failed as it
 retries through a database outage. A call that was under way when the process died either
 committed or did not, as a transaction cut by a crash: an outcome recorded twice is found
-fenced out the second time, and claimed runs whose reply was lost come back to pending when
-their lease expires. If the service process dies, the store process sees its sockets close
-and exits.
+fenced out the second time, and the worker hands back at once the runs of a claim whose reply
+was lost (Worker._release_strays). If the service process dies, the store process sees its
+sockets close and exits (a call under way there is rolled back, or commits first and is then
+recovered like any run of a dead worker).
 """
 
 from __future__ import annotations
@@ -305,7 +306,7 @@ def _serve_lane(store: Any, conn: Connection) -> None:
         try:
             name, args = conn.recv()
         except (EOFError, OSError):
-            os._exit(0)  # the service closed the lane, or is gone: nothing is under way here
+            os._exit(0)  # the service closed its lanes (all its calls answered), or is gone
         try:
             reply: bytes = _dumps(("ok", getattr(store, name)(*args)))
         except Exception as exc:
