@@ -28,6 +28,7 @@ from nightshift.worker.kinds.registry import build_executors
 from nightshift.worker.store_calls import ThreadCalls
 from nightshift.worker.store_process import StoreProcess, StoreProcessGone, store_calls
 from nightshift.worker.worker import Worker
+from tests.contract.test_worker import until
 from tests.integration.conftest import ServiceProcess, wait_for
 
 S = RunStatus
@@ -131,11 +132,13 @@ async def test_a_worker_loses_and_repeats_nothing_when_its_store_process_is_kill
     killed = []
     try:
         for done in (40, 100, 160):
-            await _until(lambda n=done: store.count_runs(job_id=job.id, status=["succeeded"]) >= n)
+            await until(
+                lambda n=done: store.count_runs(job_id=job.id, status=["succeeded"]) >= n, 60
+            )
             assert isinstance(calls, StoreProcess) and calls.pid is not None
             killed.append(calls.pid)
             os.kill(calls.pid, signal.SIGKILL)
-        await _until(lambda: store.count_runs(job_id=job.id, status=["succeeded"]) == 240)
+        await until(lambda: store.count_runs(job_id=job.id, status=["succeeded"]) == 240, 60)
     finally:
         stop.set()
         await running
@@ -187,7 +190,7 @@ async def test_a_run_claimed_by_a_call_that_went_unanswered_goes_back_at_once(
         assert calls.pid is not None
         os.kill(calls.pid, signal.SIGKILL)
         holder.execute("ROLLBACK")
-        await _until(lambda: store.get_run(stray.id).status == S.SUCCEEDED, timeout=10)
+        await until(lambda: store.get_run(stray.id).status == S.SUCCEEDED, timeout=10)
     finally:
         holder.close()
         stop.set()
@@ -291,12 +294,3 @@ def _logged_store_pid(log: Path) -> str | None:
         if "worker store calls: process " in line:
             return line.rsplit(" ", 1)[1]
     return None
-
-
-async def _until(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not await asyncio.to_thread(predicate):
-        if loop.time() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)

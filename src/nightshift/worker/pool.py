@@ -54,7 +54,6 @@ import os
 import pickle
 import signal
 import socket
-import struct
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -65,6 +64,9 @@ from typing import Any, Literal
 from nightshift.worker import child as child_module
 from nightshift.worker import forkserver
 from nightshift.worker.executor import RunIO
+from nightshift.worker.framing import HEADER as _HEADER
+from nightshift.worker.framing import LONG_HEADER as _LONG_HEADER
+from nightshift.worker.framing import complete_frames, receive
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +82,7 @@ PIPELINE_DEPTH = 8
 REFILL_AT = 4
 #: How long a child whose pipe was closed may take to exit before it is killed.
 EXIT_GRACE_S = 5.0
-_RECV_SIZE = 1 << 16
 _MAX_READS = 16  # per readable callback, so that one chatty child cannot hog the loop
-_HEADER = struct.Struct("!i")
-_LONG_HEADER = struct.Struct("!Q")
 
 
 class PoolClosed(RuntimeError):
@@ -901,35 +900,11 @@ class ProcessPool:
 
     def _read(self, child: ChildProcess, reads: int) -> None:
         """Receive what is there (up to `reads` chunks) and handle every complete message."""
-        eof = False
-        for _ in range(reads):
+        eof = receive(child.sock, child.buffer, reads)
+        frames, used = complete_frames(child.buffer)
+        for data in frames:
             try:
-                data = child.sock.recv(_RECV_SIZE, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                data = b""
-            if not data:
-                eof = True
-                break
-            child.buffer += data
-            if len(data) < _RECV_SIZE:
-                break
-        buffer = child.buffer
-        end, pos = len(buffer), 0
-        while end - pos >= 4:
-            (size,) = _HEADER.unpack_from(buffer, pos)
-            start = pos + 4
-            if size == -1:
-                if end - pos < 12:
-                    break
-                (size,) = _LONG_HEADER.unpack_from(buffer, start)
-                start += 8
-            if end - start < size:
-                break
-            pos = start + size
-            try:
-                message = pickle.loads(buffer[start:pos])
+                message = pickle.loads(data)
             except Exception:
                 log.exception("unreadable message from python worker process %s", child.pid)
                 continue
@@ -937,8 +912,7 @@ class ProcessPool:
                 self._on_message(child, message)
             except Exception:
                 log.exception("could not handle %r from a python worker process", message[0])
-        if pos:
-            del buffer[:pos]
+        del child.buffer[:used]
         if eof and child.reading:
             # The child closed its end: it is exiting (or its process is gone already).
             child.reading = False

@@ -30,7 +30,6 @@ import os
 import pickle
 import signal
 import socket
-import struct
 import threading
 from collections import deque
 from multiprocessing.connection import Connection
@@ -42,13 +41,12 @@ from sqlalchemy.engine import make_url
 from nightshift.config import Settings
 from nightshift.outage import one_line
 from nightshift.worker import forkserver
+from nightshift.worker.framing import complete_frames, frame, receive
 from nightshift.worker.store_calls import LANES, Lane, StoreCalls, ThreadCalls, separate_lanes
 
 log = logging.getLogger(__name__)
 
-_HEADER = struct.Struct("!i")
-_LONG_HEADER = struct.Struct("!Q")
-_RECV_SIZE = 1 << 16
+_MAX_READS = 16  # chunks per readable callback
 #: How long the process may take to exit once its sockets are closed.
 EXIT_GRACE_S = 5.0
 
@@ -148,59 +146,30 @@ class StoreProcess:
             await self.start()
         index = LANES.index(lane) % self._lanes
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        data = pickle.dumps((name, args), pickle.HIGHEST_PROTOCOL)
-        frame = (
-            _HEADER.pack(len(data)) + data
-            if len(data) <= 0x7FFFFFFF
-            else _HEADER.pack(-1) + _LONG_HEADER.pack(len(data)) + data
-        )
+        request = frame(pickle.dumps((name, args), pickle.HIGHEST_PROTOCOL))
         socks, waiting, sending = self._socks, self._waiting, self._sending
         async with sending[index]:
             if self._socks is not socks:  # it went away while we queued to send
                 raise StoreProcessGone("the store process ended")
             waiting[index].append(future)
             try:
-                await asyncio.get_running_loop().sock_sendall(socks[index], frame)
+                await asyncio.get_running_loop().sock_sendall(socks[index], request)
             except OSError as exc:
                 self._lost(f"could not write to the store process: {exc}")
         return await future
 
     def _on_readable(self, lane: int) -> None:
-        sock, buffer = self._socks[lane], self._buffers[lane]
-        eof = False
-        while True:
+        buffer = self._buffers[lane]
+        eof = receive(self._socks[lane], buffer, _MAX_READS)
+        messages, used = complete_frames(buffer)
+        for message in messages:
             try:
-                data = sock.recv(_RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                data = b""
-            if not data:
-                eof = True
-                break
-            buffer += data
-            if len(data) < _RECV_SIZE:
-                break
-        end, pos = len(buffer), 0
-        while end - pos >= 4:
-            (size,) = _HEADER.unpack_from(buffer, pos)
-            start = pos + 4
-            if size == -1:
-                if end - pos < 12:
-                    break
-                (size,) = _LONG_HEADER.unpack_from(buffer, start)
-                start += 8
-            if end - start < size:
-                break
-            pos = start + size
-            try:
-                reply = pickle.loads(buffer[start:pos])
+                reply = pickle.loads(message)
             except Exception as exc:  # replies and callers no longer pair up: start afresh
                 self._lost(f"an unreadable reply from the store process: {one_line(exc)}")
                 return
             self._on_reply(lane, reply)
-        if pos:
-            del buffer[:pos]
+        del buffer[:used]
         if eof:
             self._lost(f"the store process ended{_how_it_ended(self._process)}")
 
