@@ -108,6 +108,8 @@ class Scheduler:
         started_at = self.clock.now() if reboot else None
         version: int | None = None
         failures = FailureStreak(log, "scheduler tick")
+        # Each committed batch wakes the local workers from the tick's thread, on our loop.
+        announce = partial(asyncio.get_running_loop().call_soon_threadsafe, self._notify)
         while not stop.is_set():
             self._wake.clear()  # a change from here on wakes the sleep below at once
             try:
@@ -117,10 +119,7 @@ class Scheduler:
                     self._notify()
                 if version is None:
                     version = await asyncio.to_thread(self.store.schedule_version)
-                loop = asyncio.get_running_loop()
-                fired = await asyncio.to_thread(
-                    self.tick, self.clock.now(), partial(loop.call_soon_threadsafe, self._notify)
-                )
+                fired = await asyncio.to_thread(self.tick, self.clock.now(), announce)
                 next_due = await asyncio.to_thread(self.store.next_fire_due)
             except Exception as exc:
                 failures.failed(exc)

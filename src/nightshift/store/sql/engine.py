@@ -172,29 +172,6 @@ class ProcessTurns:
             os.close(self._fd)
 
 
-class _Turns:
-    """This process's writers in arrival order, then the other processes' (see above)."""
-
-    def __init__(self, threads: FairLock, processes: ProcessTurns | None) -> None:
-        self.threads, self.processes = threads, processes
-
-    def __enter__(self) -> None:
-        self.threads.__enter__()
-        if self.processes is not None:
-            try:
-                self.processes.__enter__()
-            except BaseException:
-                self.threads.__exit__()
-                raise
-
-    def __exit__(self, *_: object) -> None:
-        try:
-            if self.processes is not None:
-                self.processes.__exit__()
-        finally:
-            self.threads.__exit__()
-
-
 def writers_lock_path(engine: Engine) -> str | None:
     """The file SQLite writers of every process take turns on; None for a database in
     memory."""
@@ -213,13 +190,16 @@ class Transactions:
         self._processes: ProcessTurns | None = None
         self._turns: AbstractContextManager[None] = contextlib.nullcontext()
         if engine.dialect.name == "sqlite":
+            self._turns = FairLock()
             path = writers_lock_path(engine)
             if path is not None:
                 try:
                     self._processes = ProcessTurns(path)
                 except OSError as error:  # a read-only directory: SQLite's own waits only
                     log.warning("writers take turns by SQLite's busy waits: %s", error)
-            self._turns = _Turns(FairLock(), self._processes)
+        self._process_turns: AbstractContextManager[None] = (
+            self._processes or contextlib.nullcontext()
+        )
 
     def close(self) -> None:
         if self._processes is not None:
@@ -227,7 +207,8 @@ class Transactions:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        with self._turns, self.engine.connect() as conn:
+        # This process's writers in arrival order, then the other processes'.
+        with self._turns, self._process_turns, self.engine.connect() as conn:
             conn = conn.execution_options(sqlite_immediate=True)
             with conn.begin():
                 yield conn
