@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import logging
 import os
@@ -190,6 +191,10 @@ class Runtime:
             )
             self.server = _Server(config)
             tasks.append(asyncio.create_task(self.server.serve(), name="api"))
+        # What start-up built (modules, the app, the store) lives as long as the process: out
+        # of the collector's sight, a full collection took 40-54 ms every ~2 s under load
+        # instead, stalling the loop (bench/PROFILE.md, session 7).
+        gc.freeze()
         log.info(
             "nightshift %s: %s on %s, http://%s:%s",
             "+".join(self.roles),
