@@ -4,6 +4,7 @@ process replaced without losing or repeating a run, and its end with the service
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import signal
 import sqlite3
@@ -23,7 +24,7 @@ from nightshift.errors import NotFound, Refused
 from nightshift.service import Service
 from nightshift.store import SqlStore
 from nightshift.store.base import Completion
-from nightshift.store.sql.engine import writers_lock_path
+from nightshift.store.sql.engine import ProcessTurns, writers_lock_path
 from nightshift.worker.kinds.registry import build_executors
 from nightshift.worker.store_calls import ThreadCalls
 from nightshift.worker.store_process import StoreProcess, StoreProcessGone, store_calls
@@ -279,6 +280,62 @@ def test_sqlite_writers_of_several_processes_take_turns_and_a_dead_holder_lets_g
     finally:
         holder.kill()
         holder.wait()
+
+
+_WAITER = """
+import sys
+from nightshift.store.sql.engine import ProcessTurns
+turns = ProcessTurns(sys.argv[1])
+with turns:
+    print("got", flush=True)
+    sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_waiting_process_writes_before_the_holder_writes_again(store: SqlStore) -> None:
+    """The writer that let go cannot take its turn back from one already waiting: a big
+    instant's batches of fires let the worker's claim in between them."""
+    path = writers_lock_path(store.engine)
+    assert path is not None
+    mine = ProcessTurns(path)
+    mine.__enter__()
+    waiter = subprocess.Popen(
+        [sys.executable, "-c", _WAITER, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    again = threading.Event()
+    try:
+        probe = os.open(f"{path}-queue", os.O_RDWR)
+        try:
+            wait_for(lambda: _locked(probe), timeout=20)  # the waiter queues behind us
+        finally:
+            os.close(probe)
+        mine.__exit__(None, None, None)
+
+        def write_again() -> None:
+            with mine:
+                again.set()
+
+        writer = threading.Thread(target=write_again)
+        writer.start()
+        assert waiter.stdout is not None and waiter.stdout.readline() == b"got\n"
+        assert not again.wait(0.2)  # our next turn waits for the waiter's
+        waiter.communicate(b"done\n", timeout=10)
+        assert again.wait(10)
+        writer.join()
+    finally:
+        waiter.kill()
+        waiter.wait()
+        mine.close()
+
+
+def _locked(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
 
 
 def _alive(pid: int) -> bool:

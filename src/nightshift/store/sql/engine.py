@@ -156,20 +156,35 @@ class ProcessTurns:
     5, 10, ... 100 ms: against a store process writing back to back, an API request waited up
     to 150 ms (p99 ~100 ms). The kernel wakes a process waiting here the moment the lock is
     free, and releases it when its holder dies. Taken after `FairLock`, so one thread per
-    process waits here."""
+    process waits here.
+
+    A second lock, the queue, makes the turns fair: a writer holds it while it waits, so the
+    holder cannot take the database back at once when it lets go (the kernel does not hand a
+    freed `flock` to the longest waiter). Without it the scheduler's batches of a big instant
+    ran back to back while the worker's claim for the first one waited for the last."""
 
     def __init__(self, path: str) -> None:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self._queue = os.open(f"{path}-queue", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            os.close(self._fd)
+            raise
 
     def __enter__(self) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        fcntl.flock(self._queue, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        finally:
+            fcntl.flock(self._queue, fcntl.LOCK_UN)
 
     def __exit__(self, *_: object) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        for fd in (self._fd, self._queue):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def writers_lock_path(engine: Engine) -> str | None:
