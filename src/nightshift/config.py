@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     max_lost_attempts: int = Field(default=3, ge=1)
 
     # scheduler
-    scheduler_batch: int = Field(default=500, ge=1)
+    # Small: a big instant's first runs are claimable after one short transaction, and on
+    # SQLite the worker's claims go between the batches (bench/PROFILE.md, session 7).
+    scheduler_batch: int = Field(default=64, ge=1)
     scheduler_poll_s: float = Field(default=2.0, gt=0)
     catch_up_max: int = Field(default=100, ge=1)
 

@@ -68,8 +68,10 @@ class Runtime:
         self.listener: Listener | None = None
         if self.store.dialect == "postgresql" and settings.notify:
             self.listener = Listener(settings.listen_url or settings.database_url)
-        self.scheduler = Scheduler(self.store, self.clock, settings, notified=self._notified)
         calls = store_calls(self.store, settings) if "worker" in roles else None
+        self.scheduler = Scheduler(
+            self.store, self.clock, settings, notified=self._notified, calls=calls
+        )
         self.worker = Worker(
             self.store,
             self.clock,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -20,6 +21,7 @@ from nightshift.domain.models import Job
 from nightshift.outage import FailureStreak, one_line
 from nightshift.store.base import NewRun, Store
 from nightshift.timing import fire_after, fires_from_timer
+from nightshift.worker.store_calls import StoreCalls
 
 log = logging.getLogger("nightshift.scheduler")
 
@@ -27,9 +29,29 @@ log = logging.getLogger("nightshift.scheduler")
 MISFIRE_GRACE_S = 60.0
 #: How soon to look again when due jobs are held by another scheduler's transaction.
 LOCKED_RETRY_S = 0.05
-#: The first batch of a tick: its runs are committed, and claimable, within a few ms of the
-#: instant; the batches after it double up to `scheduler_batch`.
-FIRST_BATCH = 64
+#: `Store.fire_due`, wherever it runs.
+Fire = Callable[[datetime, "FirePlanner", int], int]
+
+
+@dataclass(frozen=True)
+class FirePlanner:
+    """What to do with each due job at `now` (a value: it travels to a store process)."""
+
+    now: datetime
+    catch_up_max: int
+
+    def __call__(self, job: Job) -> FirePlan:
+        plan = plan_fires(
+            job,
+            self.now,
+            fires_from_timer(job),
+            catch_up_max=self.catch_up_max,
+            misfire_grace_s=MISFIRE_GRACE_S,
+        )
+        if plan.next_fire_at is None:
+            # Either the schedule ended, or an outage was too long to walk: re-time from now.
+            plan.next_fire_at = fire_after(job, self.now)
+        return plan
 
 
 class Scheduler:
@@ -40,8 +62,12 @@ class Scheduler:
         settings: Settings,
         *,
         notified: Callable[[], bool] = lambda: False,
+        calls: StoreCalls | None = None,
     ) -> None:
         self.store = store
+        #: The worker's store process, when there is one: the ticks' transactions go there
+        #: (see `run`).
+        self.calls = calls if calls is not None and calls.separate_process else None
         self.clock = clock
         self.settings = settings
         #: True while job changes of other processes arrive as notifications (`wake()`).
@@ -50,33 +76,29 @@ class Scheduler:
         self.on_fired: list = []  # callbacks run after a tick created runs (wake local workers)
 
     # -- one step -------------------------------------------------------------------------------
-    def tick(self, now: datetime | None = None, committed: Callable[[], None] | None = None) -> int:
+    def tick(
+        self,
+        now: datetime | None = None,
+        committed: Callable[[], None] | None = None,
+        fire: Fire | None = None,
+    ) -> int:
         """Fire every job due at `now`, a batch per transaction; returns how many jobs were
         handled. `committed` is called after each batch that fired some: its runs can be
-        claimed while the next batch is fired."""
+        claimed while the next batch is fired. `fire` is `Store.fire_due` by default."""
         now = now or self.clock.now()
-        total, size = 0, min(FIRST_BATCH, self.settings.scheduler_batch)
+        fire = fire or self.store.fire_due
+        planner = FirePlanner(now, self.settings.catch_up_max)
+        total, size = 0, self.settings.scheduler_batch
         while True:
-            handled = self.store.fire_due(now, lambda job: self.plan(job, now), size)
+            handled = fire(now, planner, size)
             total += handled
             if handled and committed is not None:
                 committed()
             if handled < size:
                 return total
-            size = min(2 * size, self.settings.scheduler_batch)
 
     def plan(self, job: Job, now: datetime) -> FirePlan:
-        plan = plan_fires(
-            job,
-            now,
-            fires_from_timer(job),
-            catch_up_max=self.settings.catch_up_max,
-            misfire_grace_s=MISFIRE_GRACE_S,
-        )
-        if plan.next_fire_at is None:
-            # Either the schedule ended, or an outage was too long to walk: re-time from now.
-            plan.next_fire_at = fire_after(job, now)
-        return plan
+        return FirePlanner(now, self.settings.catch_up_max)(job)
 
     def fire_reboot_jobs(self, started_at: datetime) -> int:
         """Enqueue one run of every `@reboot` job for this start of the service. Safe to call
@@ -110,8 +132,10 @@ class Scheduler:
         started_at = self.clock.now() if reboot else None
         version: int | None = None
         failures = FailureStreak(log, "scheduler tick")
+        loop = asyncio.get_running_loop()
         # Each committed batch wakes the local workers from the tick's thread, on our loop.
-        announce = partial(asyncio.get_running_loop().call_soon_threadsafe, self._notify)
+        announce = partial(loop.call_soon_threadsafe, self._notify)
+        fire = self._fire_through(self.calls, loop) if self.calls is not None else None
         while not stop.is_set():
             self._wake.clear()  # a change from here on wakes the sleep below at once
             try:
@@ -121,7 +145,7 @@ class Scheduler:
                     self._notify()
                 if version is None:
                     version = await asyncio.to_thread(self.store.schedule_version)
-                fired = await asyncio.to_thread(self.tick, self.clock.now(), announce)
+                fired = await asyncio.to_thread(self.tick, self.clock.now(), announce, fire)
                 next_due = await asyncio.to_thread(self.store.next_fire_due)
             except Exception as exc:
                 failures.failed(exc)
@@ -134,6 +158,20 @@ class Scheduler:
                 await self._sleep(LOCKED_RETRY_S, stop)
                 continue
             version = await self._idle(next_due, version, stop)
+
+    @staticmethod
+    def _fire_through(calls: StoreCalls, loop: asyncio.AbstractEventLoop) -> Fire:
+        """`fire_due` in the worker's store process, called from the tick's thread. There the
+        planning and writing of a big instant take nothing from this process's interpreter,
+        which the worker's loop needs to start the runs; and the worker's claims queue between
+        the batches on the same lane (first start of 1,000 fires due at once: bench/PROFILE.md,
+        session 7)."""
+
+        def fire(now: datetime, planner: FirePlanner, limit: int) -> int:
+            call = calls.call("claims", "fire_due", now, planner, limit)
+            return asyncio.run_coroutine_threadsafe(call, loop).result()
+
+        return fire
 
     async def _idle(self, next_due: datetime | None, version: int, stop: asyncio.Event) -> int:
         """Sleep until the earliest fire; wake early when a job changes here (the event), or in

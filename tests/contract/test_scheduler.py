@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from nightshift import scheduler as scheduler_module
 from nightshift.clock import FakeClock
 from nightshift.config import Settings
 from nightshift.domain.status import RunStatus
@@ -66,21 +65,6 @@ def test_each_committed_batch_is_announced_before_the_next_is_fired(  # type: ig
     assert scheduler.tick(committed=lambda: visible.append(len(store.list_runs()))) == 5
     assert visible == [2, 4, 5]  # each announcement finds its batch committed
     assert sorted(r.job_id for r in store.list_runs()) == sorted(j.id for j in jobs)
-
-
-def test_a_big_instant_fires_a_small_batch_first_then_doubles(  # type: ignore[no-untyped-def]
-    service, store, clock, settings, monkeypatch
-) -> None:
-    """The first runs of an instant are claimable after a small transaction, not after the
-    biggest one a tick may take."""
-    monkeypatch.setattr(scheduler_module, "FIRST_BATCH", 2)
-    scheduler = Scheduler(store, clock, settings.model_copy(update={"scheduler_batch": 5}))
-    for i in range(12):
-        job(service, f"j{i}", schedule="every 10s")
-    clock.advance(10)
-    visible: list[int] = []
-    assert scheduler.tick(committed=lambda: visible.append(len(store.list_runs()))) == 12
-    assert visible == [2, 6, 11, 12]  # batches of 2, 4, then at most scheduler_batch (5)
 
 
 def test_cron_in_a_timezone_across_spring_forward(service, scheduler, store, clock) -> None:  # type: ignore[no-untyped-def]

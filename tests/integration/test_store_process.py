@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from nightshift.clock import SystemClock
 from nightshift.config import Settings
 from nightshift.domain.status import RunStatus
 from nightshift.errors import NotFound, Refused
+from nightshift.scheduler import Scheduler
 from nightshift.service import Service
 from nightshift.store import SqlStore
 from nightshift.store.base import Completion
@@ -109,6 +110,66 @@ async def test_a_killed_store_process_fails_its_callers_and_another_takes_over(
     assert await calls.call("claims", "lease_owners") == []
     assert calls.pid is not None and calls.pid != first
     assert not _alive(first)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_the_scheduler_fires_in_the_store_process_and_a_kill_there_loses_no_fire(
+    calls: StoreProcess, store: SqlStore, settings: Settings, database_url: str
+) -> None:
+    """With a store process the scheduler's transactions run there, between the worker's
+    claims. Killed under the first one, the tick fails, is retried with a new process, and
+    every due job fires once."""
+    service = _service(store, settings)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    jobs = [
+        service.create_job(
+            {
+                "name": f"every-hour-{i}",
+                "kind": "python",
+                "config": {"function": "tests.jobs_worker:ok"},
+                "schedule": "every 1h",
+                "start_at": start.isoformat(),
+            }
+        )
+        for i in range(10)
+    ]
+    assert all(j.next_fire_at == start for j in jobs)  # all due at once, in a second
+    names: list[str] = []
+    call = calls.call
+
+    async def observed(lane, name, *args):  # type: ignore[no-untyped-def]
+        names.append(name)
+        return await call(lane, name, *args)
+
+    calls.call = observed  # type: ignore[method-assign]
+    scheduler = Scheduler(
+        store,
+        SystemClock(),
+        settings.model_copy(update={"scheduler_batch": 4}),
+        calls=calls,
+    )
+    # Another writer holds SQLite's write lock: the first batch waits in the store process.
+    holder = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    stop = asyncio.Event()
+    running = asyncio.create_task(scheduler.run(stop, reboot=False))
+    try:
+        await until(lambda: "fire_due" in names, timeout=10)
+        first = calls.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        holder.execute("ROLLBACK")
+        await until(lambda: store.count_runs() == 10, timeout=20)
+    finally:
+        holder.close()
+        stop.set()
+        await running
+    assert calls.pid is not None and calls.pid != first
+    assert names.count("fire_due") >= 4  # batches of 4 after the failed one: 4, 4, 2
+    runs = store.list_runs(limit=100)
+    assert sorted(r.job_id for r in runs) == sorted(j.id for j in jobs)  # once each
+    assert {r.scheduled_for for r in runs} == {start}
+    assert {store.get_job(j.id).next_fire_at for j in jobs} == {start + timedelta(hours=1)}
 
 
 async def test_a_worker_loses_and_repeats_nothing_when_its_store_process_is_killed(

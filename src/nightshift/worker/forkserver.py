@@ -14,12 +14,14 @@ from multiprocessing import forkserver
 from multiprocessing.context import ForkServerContext
 
 #: What the server imports before it forks a child ("__main__": the program, as "spawn" would
-#: import it in every child; the store and its drivers for the store process).
+#: import it in every child; the store and its drivers for the store process, and the
+#: scheduler's planner, which fires through it).
 PRELOAD = [
     "__main__",
     "nightshift.worker.child",
     "nightshift.worker.store_process",
     "nightshift.store",
+    "nightshift.scheduler",
 ]
 
 
