@@ -120,6 +120,8 @@ class AccessService:
         name = name.strip()
         if not 1 <= len(name) <= 200:
             raise InvalidInput("must be 1 to 200 characters", field="name")
+        if "\x00" in name:  # PostgreSQL cannot store it: refused on every database
+            raise InvalidInput("must not contain the NUL character (\\u0000)", field="name")
         if app == SYSTEM_APP:
             raise InvalidInput(RESERVED_APP, field="app")
         secret = new_token()

@@ -144,3 +144,19 @@ def test_job_text_with_a_nul_character_is_refused_naming_the_field(api: ApiServe
     tagged = admin.post("/jobs", json={**job, "tags": ["ok", "a\u0000"]})
     assert _error(tagged, 422, "invalid")["field"] == "tags"
     assert admin.get("/jobs").json()["items"] == []  # nothing half-written
+
+
+def test_names_with_a_nul_character_answer_as_unknown_ones(api: ApiServer, admin) -> None:  # type: ignore[no-untyped-def]
+    """Looked up by a name holding NUL (a path, a query parameter), nothing is found, as for
+    any unknown name, on PostgreSQL as on SQLite: no 500 from a statement the database
+    refused. A token's name with one is refused, naming the field."""
+    _error(admin.get("/apps/a%00b"), 404, "not_found")
+    _error(admin.get("/apps/a%00b/secrets"), 404, "not_found")
+    _error(admin.get("/stats", params={"app": "a\u0000b"}), 404, "not_found")
+    assert admin.get("/jobs", params={"app": "a\u0000b"}).json()["items"] == []
+    assert admin.get("/runs", params={"app": "a\u0000b"}).json()["items"] == []
+    for_ghost = admin.post("/tokens", json={"name": "t", "app": "a\u0000b"})
+    _error(for_ghost, 404, "not_found")
+    named = admin.post("/tokens", json={"name": "a\u0000b", "app": None})
+    assert _error(named, 422, "invalid")["field"] == "name"
+    assert admin.get("/tokens").json()["items"] == []  # nothing written

@@ -78,16 +78,35 @@ def json_for_postgresql(value: Any) -> str:
     return text
 
 
-class StoredText(TypeDecorator[str]):
-    """Text that jobs produce (log lines, reasons, errors), storable on every database."""
-
+class _Storable(TypeDecorator[str]):
     impl = Text
     cache_ok = True
+
+    def bind_processor(self, dialect):  # type: ignore[no-untyped-def]
+        if dialect.name != "postgresql":  # nothing to do: no call per value on the hot paths
+            return self.impl_instance.bind_processor(dialect)
+        return super().bind_processor(dialect)
 
     def process_bind_param(self, value, dialect):  # type: ignore[no-untyped-def]
         if value is not None and dialect.name == "postgresql" and "\x00" in value:
             return value.replace("\x00", _REPLACEMENT)
         return value
+
+
+class StoredText(_Storable):
+    """Text that jobs produce (log lines, reasons, errors), storable on every database."""
+
+    impl = Text
+    cache_ok = True
+
+
+class StoredString(_Storable):
+    """A name, a key or a status, storable and comparable on every database: a lookup by a
+    value holding NUL (a query parameter, a path) finds nothing on PostgreSQL, as on SQLite,
+    instead of failing the statement."""
+
+    impl = String
+    cache_ok = True
 
 
 Json = JSON().with_variant(JSONB(), "postgresql")
@@ -98,14 +117,14 @@ metadata = MetaData()
 meta = Table(
     "ns_meta",
     metadata,
-    Column("key", String(64), primary_key=True),
+    Column("key", StoredString(64), primary_key=True),
     Column("value", BigInteger, nullable=False),
 )
 
 apps = Table(
     "apps",
     metadata,
-    Column("name", String(100), primary_key=True),
+    Column("name", StoredString(100), primary_key=True),
     Column("schedules_enabled", Boolean, nullable=False, server_default=text("true")),
     Column("retention_days", Integer),
     Column("created_at", UtcDateTime, nullable=False),
@@ -115,17 +134,17 @@ jobs = Table(
     "jobs",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("app", String(100), ForeignKey("apps.name", ondelete="CASCADE"), nullable=False),
-    Column("name", String(200), nullable=False),
+    Column("app", StoredString(100), ForeignKey("apps.name", ondelete="CASCADE"), nullable=False),
+    Column("name", StoredString(200), nullable=False),
     Column("description", Text, nullable=False, server_default=""),
     Column("tags", Json, nullable=False),
-    Column("kind", String(20), nullable=False),
+    Column("kind", StoredString(20), nullable=False),
     Column("config", Json, nullable=False),
-    Column("schedule", String(200)),
-    Column("timezone", String(64), nullable=False),
+    Column("schedule", StoredString(200)),
+    Column("timezone", StoredString(64), nullable=False),
     Column("enabled", Boolean, nullable=False),
-    Column("overlap", String(10), nullable=False),
-    Column("catch_up", String(10), nullable=False),
+    Column("overlap", StoredString(10), nullable=False),
+    Column("catch_up", StoredString(10), nullable=False),
     Column("max_lateness_s", Float),
     Column("retries", Json, nullable=False),
     Column("timeout_s", Float),
@@ -136,7 +155,7 @@ jobs = Table(
     Column("jitter_s", Float, nullable=False),
     Column("next_fire_at", UtcDateTime),
     Column("deactivated_reason", StoredText),
-    Column("hold", String(10)),
+    Column("hold", StoredString(10)),
     Column("declared", Boolean, nullable=False),
     Column("system", Boolean, nullable=False),
     Column("anchor_at", UtcDateTime, nullable=False),
@@ -160,9 +179,9 @@ runs = Table(
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("job_id", BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
-    Column("app", String(100), nullable=False),
-    Column("kind", String(20), nullable=False),
-    Column("status", String(10), nullable=False),
+    Column("app", StoredString(100), nullable=False),
+    Column("kind", StoredString(20), nullable=False),
+    Column("status", StoredString(10), nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     Column("run_at", UtcDateTime, nullable=False),
     Column("scheduled_for", UtcDateTime),
@@ -172,7 +191,7 @@ runs = Table(
     Column("retry_of", BigInteger),
     Column("error", Json),
     Column("low_priority", Boolean, nullable=False),
-    Column("run_by", String(200)),
+    Column("run_by", StoredString(200)),
     Column("progress", Float),
     Column("parent_id", BigInteger),
     Column("root_id", BigInteger),
@@ -189,7 +208,7 @@ runs = Table(
     Column("exclusive", Boolean, nullable=False),
     Column("is_test", Boolean, nullable=False),
     Column("kill_requested", Boolean, nullable=False, server_default=text("false")),
-    Column("lease_owner", String(200)),
+    Column("lease_owner", StoredString(200)),
     Column("lease_expires_at", UtcDateTime),
     Column("lost_streak", Integer, nullable=False, server_default=text("0")),
     Column("children_total", Integer, nullable=False, server_default=text("0")),
@@ -237,7 +256,7 @@ run_logs = Table(
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("run_id", BigInteger, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
     Column("at", UtcDateTime, nullable=False),
-    Column("level", String(10), nullable=False),
+    Column("level", StoredString(10), nullable=False),
     Column("message", StoredText, nullable=False),
 )
 Index("run_logs_run", run_logs.c.run_id, run_logs.c.id)
@@ -246,14 +265,14 @@ api_tokens = Table(
     "api_tokens",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("name", String(200), nullable=False),
+    Column("name", StoredString(200), nullable=False),
     # NULL: an admin token; otherwise the one app the token may see and touch.
-    Column("app", String(100), ForeignKey("apps.name", ondelete="CASCADE")),
+    Column("app", StoredString(100), ForeignKey("apps.name", ondelete="CASCADE")),
     # SHA-256 of the token (hex): tokens are 256-bit random strings, so a fast hash suffices.
-    Column("token_hash", String(64), nullable=False),
+    Column("token_hash", StoredString(64), nullable=False),
     # "admin" on the admin token generated at first start, NULL otherwise: the unique key lets
     # several processes starting together generate one, and only one, of them.
-    Column("bootstrap", String(20)),
+    Column("bootstrap", StoredString(20)),
     Column("created_at", UtcDateTime, nullable=False),
     Column("revoked_at", UtcDateTime),
     UniqueConstraint("token_hash", name="api_tokens_hash_key"),
@@ -266,12 +285,12 @@ app_secrets = Table(
     metadata,
     Column(
         "app",
-        String(100),
+        StoredString(100),
         ForeignKey("apps.name", ondelete="CASCADE"),
         primary_key=True,
     ),
-    Column("kind", String(10), primary_key=True),  # "secret" | "source"
-    Column("name", String(128), primary_key=True),
+    Column("kind", StoredString(10), primary_key=True),  # "secret" | "source"
+    Column("name", StoredString(128), primary_key=True),
     Column("value", Text, nullable=False),  # Fernet ciphertext; the key never reaches the database
     Column("info", Json, nullable=False),  # what may be shown: a source's driver and host
     Column("created_at", UtcDateTime, nullable=False),
@@ -283,7 +302,9 @@ def _stats_table(name: str, at: str) -> Table:
     return Table(
         name,
         metadata,
-        Column("app", String(100), ForeignKey("apps.name", ondelete="CASCADE"), primary_key=True),
+        Column(
+            "app", StoredString(100), ForeignKey("apps.name", ondelete="CASCADE"), primary_key=True
+        ),
         Column(at, UtcDateTime, primary_key=True),
         Column("created", Integer, nullable=False),
         Column("started", Integer, nullable=False),
@@ -302,7 +323,9 @@ def _hist_table(name: str, at: str) -> Table:
     return Table(
         name,
         metadata,
-        Column("app", String(100), ForeignKey("apps.name", ondelete="CASCADE"), primary_key=True),
+        Column(
+            "app", StoredString(100), ForeignKey("apps.name", ondelete="CASCADE"), primary_key=True
+        ),
         Column(at, UtcDateTime, primary_key=True),
         Column("bin", Integer, primary_key=True),
         Column("count", Integer, nullable=False),
@@ -334,7 +357,7 @@ alert_rules = Table(
     "alert_rules",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("app", String(100), ForeignKey("apps.name", ondelete="CASCADE"), nullable=False),
+    Column("app", StoredString(100), ForeignKey("apps.name", ondelete="CASCADE"), nullable=False),
     # NULL: every job of the app.
     Column("job_id", BigInteger, ForeignKey("jobs.id", ondelete="CASCADE")),
     Column("on_failed", Boolean, nullable=False),
@@ -355,14 +378,14 @@ alert_deliveries = Table(
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("rule_id", BigInteger, ForeignKey("alert_rules.id", ondelete="CASCADE"), nullable=False),
     Column("run_id", BigInteger, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
-    Column("event", String(20), nullable=False),
-    Column("channel", String(10), nullable=False),
-    Column("status", String(10), nullable=False),  # pending | sending | delivered | failed
+    Column("event", StoredString(20), nullable=False),
+    Column("channel", StoredString(10), nullable=False),
+    Column("status", StoredString(10), nullable=False),  # pending | sending | delivered | failed
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("next_attempt_at", UtcDateTime, nullable=False),
     Column("last_error", StoredText),
     Column("payload", Json, nullable=False),  # the alert as sent: secrets masked, no params
-    Column("lease_owner", String(200)),
+    Column("lease_owner", StoredString(200)),
     Column("lease_expires_at", UtcDateTime),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
