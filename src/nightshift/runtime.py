@@ -178,8 +178,10 @@ class Runtime:
         if "worker" in self.roles:
             await self.worker.start()
             tasks.append(asyncio.create_task(self.worker.run(self.stop), name="worker"))
+        scheduling: asyncio.Task[None] | None = None
         if "scheduler" in self.roles:
-            tasks.append(asyncio.create_task(self.scheduler.run(self.stop), name="scheduler"))
+            scheduling = asyncio.create_task(self.scheduler.run(self.stop), name="scheduler")
+            tasks.append(scheduling)
             tasks.append(asyncio.create_task(self.alerts.run(self.stop), name="alerts"))
         if "api" in self.roles:
             api_app = create_app(self.service, self.access, roles=self.roles, reload=self.reload)
@@ -207,6 +209,10 @@ class Runtime:
         )
         await self.stop.wait()
         log.info("shutting down: runs get %.0f s to finish", self.settings.shutdown_grace_s)
+        if scheduling is not None:
+            # It ends with its tick under way, whose transactions may go through the worker's
+            # store process: before the worker closes it.
+            await asyncio.gather(scheduling, return_exceptions=True)
         if "worker" in self.roles:
             await self.worker.close()
         if self.server is not None:

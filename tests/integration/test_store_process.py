@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +23,7 @@ from nightshift.clock import SystemClock
 from nightshift.config import Settings
 from nightshift.domain.status import RunStatus
 from nightshift.errors import NotFound, Refused
+from nightshift.runtime import Runtime
 from nightshift.scheduler import Scheduler
 from nightshift.service import Service
 from nightshift.store import SqlStore
@@ -170,6 +173,45 @@ async def test_the_scheduler_fires_in_the_store_process_and_a_kill_there_loses_n
     assert sorted(r.job_id for r in runs) == sorted(j.id for j in jobs)  # once each
     assert {r.scheduled_for for r in runs} == {start}
     assert {store.get_job(j.id).next_fire_at for j in jobs} == {start + timedelta(hours=1)}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_tick_under_way_at_shutdown_ends_before_the_store_process_closes(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The scheduler's transactions go through the worker's store process: a stop that comes
+    during a tick lets the tick finish there before the worker closes it."""
+    runtime = Runtime(
+        settings.model_copy(update={"worker_store_calls": "process"}), roles=("scheduler", "worker")
+    )
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    job = runtime.service.create_job(
+        {
+            "name": "every-second",
+            "kind": "python",
+            "config": {"function": "tests.jobs_worker:ok"},
+            "schedule": "every 1s",
+            "start_at": start.isoformat(),
+        }
+    )
+    calls = runtime.worker.calls
+    assert isinstance(calls, StoreProcess)
+    loop = asyncio.get_running_loop()
+    tick = runtime.scheduler.tick
+
+    def stopping_tick(now, *args):  # type: ignore[no-untyped-def]
+        if now >= start and not runtime.stop.is_set():  # the stop comes during the first fire
+            loop.call_soon_threadsafe(runtime.request_stop)
+            deadline = time.monotonic() + 1.0  # as long as the worker takes to close, or more
+            while not calls._closed and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return tick(now, *args)
+
+    runtime.scheduler.tick = stopping_tick  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="nightshift"):
+        await asyncio.wait_for(runtime.serve(), 30)
+    assert [r.scheduled_for for r in runtime.store.list_runs(job_id=job.id)] == [start]
+    assert not [r for r in caplog.records if r.name == "nightshift.scheduler"]
 
 
 async def test_a_worker_loses_and_repeats_nothing_when_its_store_process_is_killed(
