@@ -22,7 +22,7 @@ import sys
 import time
 
 import httpx
-from bench_throughput import Completions, enqueue, job_run_ids, verify
+from bench_throughput import Completions, enqueue, job_run_ids, observe_calls, verify
 from benchlib import (
     BENCH_DIR,
     Results,
@@ -91,13 +91,8 @@ def run(backend: str, n: int, delay: float, results: Results) -> None:
             load_before = load1()
 
             async def drain() -> tuple[float, Completions]:
-                completions = Completions(
-                    runtime.store.complete,
-                    n,
-                    asyncio.get_running_loop(),
-                    job_run_ids(runtime.store, job.id),
-                )
-                runtime.store.complete = completions  # type: ignore[method-assign]
+                completions = Completions(n, job_run_ids(runtime.store, job.id))
+                observe_calls(runtime.worker.calls, {"complete": completions})
                 started = time.monotonic()  # the server's clock, for the start-up figure
                 t0 = time.perf_counter()
                 serving = asyncio.create_task(runtime.serve())
