@@ -97,9 +97,6 @@ class Scheduler:
             if handled < size:
                 return total
 
-    def plan(self, job: Job, now: datetime) -> FirePlan:
-        return FirePlanner(now, self.settings.catch_up_max)(job)
-
     def fire_reboot_jobs(self, started_at: datetime) -> int:
         """Enqueue one run of every `@reboot` job for this start of the service. Safe to call
         again with the same `started_at` after a failure: a job whose run for this start exists

@@ -79,6 +79,8 @@ def json_for_postgresql(value: Any) -> str:
 
 
 class _Storable(TypeDecorator[str]):
+    """Text bound with NUL as U+FFFD on PostgreSQL (see above), as it is on SQLite elsewhere."""
+
     impl = Text
     cache_ok = True
 
