@@ -145,7 +145,12 @@ class Runtime:
         async with self._reloading:
 
             def sync() -> ReloadReport:
-                self.modules = reload_modules(self.modules)
+                gc.unfreeze()  # the replaced modules' objects can be collected (see serve())
+                try:
+                    self.modules = reload_modules(self.modules)
+                finally:
+                    gc.collect()
+                    gc.freeze()
                 report = self._sync_declared()
                 report.released = self.service.release_holds()
                 return report
