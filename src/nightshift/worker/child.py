@@ -40,10 +40,10 @@ import os
 import pickle
 import reprlib
 import signal
-import struct
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -51,11 +51,10 @@ from typing import Any
 from nightshift.context import Context
 from nightshift.domain.signals import Signal
 from nightshift.worker.executor import error_info
+from nightshift.worker.framing import complete_frames
 
 PROGRESS_INTERVAL_S = 0.1
 _READ_SIZE = 1 << 16
-_HEADER = struct.Struct("!i")
-_LONG_HEADER = struct.Struct("!Q")
 _INTERNAL_FILES = (os.path.abspath(__file__), os.path.dirname(os.path.abspath(asyncio.__file__)))
 
 
@@ -103,46 +102,28 @@ def main(
 
 
 class _Frames:
-    """The task pipe's messages (multiprocessing's framing: a signed 4-byte length, or -1 and
-    an 8-byte length), read through a buffer: whatever lies in the pipe comes in one read."""
+    """The task pipe's messages (multiprocessing's framing, worker/framing.py), read through a
+    buffer: whatever lies in the pipe comes in one read, and every message it completes is
+    kept for the next calls."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._buffer = bytearray()
-        self._pos = 0  # where the next message starts in the buffer
+        self._ready: deque[bytearray] = deque()
 
     def recv(self) -> Any:
         """The next message (blocking); EOFError once the pipe is closed."""
-        while True:
-            buffer, pos = self._buffer, self._pos
-            have = len(buffer) - pos
-            need = 4
-            if have >= 4:
-                (size,) = _HEADER.unpack_from(buffer, pos)
-                start = pos + 4
-                if size == -1:
-                    need = 12
-                    if have >= 12:
-                        (size,) = _LONG_HEADER.unpack_from(buffer, start)
-                        start += 8
-                if size != -1:
-                    need = start - pos + size
-                    if have >= need:
-                        end = start + size
-                        data = buffer[start:end]
-                        if end == len(buffer):
-                            buffer.clear()
-                            end = 0
-                        self._pos = end
-                        return pickle.loads(data)
-            if pos:
-                del buffer[:pos]
-                self._pos = 0
+        while not self._ready:
             # A pipe gives at most its capacity (64 KiB, 1 MiB at most) per read.
-            chunk = os.read(self._fd, min(max(_READ_SIZE, need - have), 1 << 20))
+            chunk = os.read(self._fd, _READ_SIZE)
             if not chunk:
                 raise EOFError
-            buffer += chunk
+            self._buffer += chunk
+            messages, used = complete_frames(self._buffer)
+            if used:
+                del self._buffer[:used]
+                self._ready.extend(messages)
+        return pickle.loads(self._ready.popleft())
 
 
 class _Pending:

@@ -64,9 +64,7 @@ from typing import Any, Literal
 from nightshift.worker import child as child_module
 from nightshift.worker import forkserver
 from nightshift.worker.executor import RunIO
-from nightshift.worker.framing import HEADER as _HEADER
-from nightshift.worker.framing import LONG_HEADER as _LONG_HEADER
-from nightshift.worker.framing import complete_frames, receive
+from nightshift.worker.framing import HEADER, complete_frames, frame, receive
 
 log = logging.getLogger(__name__)
 
@@ -203,12 +201,7 @@ class ChildProcess:
 
     def send(self, message: tuple[Any, ...]) -> None:
         """Frame and write one control message (the child's receiver thread always reads)."""
-        data = _dumps(message)
-        if len(data) > 0x7FFFFFFF:
-            self.sock.sendall(_HEADER.pack(-1) + _LONG_HEADER.pack(len(data)))
-            self.sock.sendall(data)
-        else:
-            self.sock.sendall(_HEADER.pack(len(data)) + data)
+        self.sock.sendall(frame(_dumps(message)))
 
     def kill(self) -> None:
         with contextlib.suppress(OSError, ValueError, AttributeError):
@@ -445,7 +438,7 @@ class ProcessPool:
                 task.future.set_exception(exc)
             return
         size = len(data) + 4
-        frames = [_HEADER.pack(len(data)), data]
+        frames = [HEADER.pack(len(data)), data]
         batch: list[tuple[_Task, bool, int]] = []
         if size <= child.queue_limit and self.depth and len(self._waiting) > len(self._idle):
             batch = self._take(child, n + 1, self.depth, size, frames)
@@ -506,7 +499,7 @@ class ProcessPool:
             heapq.heappop(waiting)
             n += 1
             budget -= size
-            frames.append(_HEADER.pack(len(data)))
+            frames.append(HEADER.pack(len(data)))
             frames.append(data)
             batch.append((task, stop, size))
         return batch
