@@ -13,7 +13,7 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from nightshift.clock import FakeClock
 from nightshift.config import Settings
@@ -21,7 +21,7 @@ from nightshift.domain.misfire import FirePlan
 from nightshift.scheduler import Scheduler
 from nightshift.service import Service
 from nightshift.store import SqlStore, open_store
-from nightshift.store.tables import jobs
+from nightshift.store.tables import jobs, runs
 from nightshift.worker.kinds.registry import build_executors
 
 pytestmark = pytest.mark.timeout(120)
@@ -124,3 +124,59 @@ def test_a_plan_made_for_a_timer_that_moved_is_dropped_whole(
     assert store.get_job(fresh.id).next_fire_at == later
     assert store.list_runs(job_id=stale.id) == []
     assert store.get_job(stale.id).next_fire_at == due
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_replacing_fire_leaves_a_run_being_completed_alone_rather_than_deadlock(
+    store: SqlStore, database_url: str, clock: FakeClock, settings: Settings
+) -> None:
+    """A completion locks its run, then frees its job's slot; a replacing fire holds the job
+    and wants its runs. Had the fire waited for the run, the two would deadlock, and one of
+    them would fail when PostgreSQL noticed, a second later. The fire leaves the job due for
+    the next tick instead, and the completion commits."""
+    service = Service(store, clock, settings, build_executors(settings))
+    job = service.create_job(
+        {
+            "name": "replacer",
+            "kind": "python",
+            "config": {"function": "tests.jobs_sample:echo"},
+            "schedule": "every 1s",
+            "overlap": "replace",
+        }
+    )
+    run = service.run_now(job.id)
+    [claimed] = store.claim("worker-1", clock.now(), 30, 10, ["python"])
+    assert claimed.run.id == run.id and claimed.run.exclusive  # it holds the job's slot
+    now = clock.advance(1)
+    store.update_job(job.id, {"next_fire_at": now})
+    scheduler = Scheduler(store, clock, settings)
+    ticked: list[int] = []
+    other = open_store(database_url, migrate=False)
+    try:
+        with other.engine.connect() as conn, conn.begin():
+            # The completion's statements, in its order: the run's row first (as it is locked
+            # to check that the worker still holds it) ...
+            held = select(runs.c.id).where(runs.c.id == run.id).with_for_update(key_share=True)
+            conn.execute(held)
+            fire = threading.Thread(target=lambda: ticked.append(scheduler.tick(now)))
+            fire.start()
+            fire.join(30)
+            assert not fire.is_alive(), "the fire waits for the run while it holds the job"
+            # ... the job's slot last.
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job.id, jobs.c.active_run_id == run.id)
+                .values(active_run_id=None)
+            )
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == run.id)
+                .values(status="succeeded", finished_at=now, lease_owner=None)
+            )
+    finally:
+        other.close()
+    assert ticked == [0]  # nothing fired while the run was held
+    assert scheduler.tick(now) == 1
+    fired = [r for r in store.list_runs(job_id=job.id) if r.scheduled_for == now]
+    assert [r.status for r in fired] == ["pending"]
+    assert store.get_run(run.id).status == "succeeded"  # the completion stands

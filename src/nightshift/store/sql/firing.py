@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, literal_column, select, update
+from sqlalchemy.exc import OperationalError
 
 from nightshift.domain.misfire import FirePlan, Skip
 from nightshift.domain.models import Job
@@ -66,12 +67,46 @@ class FiringStore:
     def fire_due(self, now: datetime, planner: Planner, limit: int) -> int:
         with self._tx.write() as conn:
             due = [job_from_row(r) for r in _DUE.rows(conn, {"now": now, "n": limit})]
-            fired = _advance_timers(conn, [(job, planner(job)) for job in due])
+            plans = [(job, planner(job)) for job in due]
+            if self._dialect.name == "postgresql":
+                plans = _replaceable(conn, plans)
+            fired = _advance_timers(conn, plans)
             new_runs = [values for job, plan in fired for values in _apply(conn, job, plan, now)]
             if new_runs:
                 _FIRE.many(conn, new_runs)  # one executemany (psycopg pipelines it)
                 notify(conn, RUNS)  # delivered at commit: workers wake as the runs appear
-            return len(due)
+            return len(plans)
+
+
+# The runs a replacing fire stops or cancels, locked before anything is written, in the
+# order every writer locks runs. NOWAIT: this transaction holds the job already, and a
+# completion or a claim locks a run first, then its job's slot (leases.py).
+_REPLACED = Prepares(
+    select(runs.c.id)
+    .where(runs.c.job_id == bindparam("job_id"), runs.c.status.in_(_ACTIVE))
+    .order_by(runs.c.id)
+    .with_for_update(nowait=True, key_share=True)
+)
+_LOCK_NOT_AVAILABLE = "55P03"
+
+
+def _replaceable(conn: Connection, plans: list[tuple[Job, FirePlan]]) -> list[tuple[Job, FirePlan]]:
+    """Drop the replacing plans whose runs another transaction holds; their jobs stay due for
+    the next tick. Waiting for those runs while holding the job would close a cycle with a
+    completion or claim waiting for the job: PostgreSQL would break it only after its
+    deadlock_timeout (1 s), failing one of the two."""
+    kept = []
+    for job, plan in plans:
+        if plan.replace_active:
+            try:
+                with conn.begin_nested():
+                    _REPLACED.rows(conn, {"job_id": job.id})
+            except OperationalError as exc:
+                if getattr(exc.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+                    raise
+                continue
+        kept.append((job, plan))
+    return kept
 
 
 _ADVANCE = Prepares(
