@@ -10,15 +10,12 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator
 from types import ModuleType
-
-import uvicorn
+from typing import TYPE_CHECKING
 
 from nightshift import console
 from nightshift.access import AccessService
 from nightshift.alerts.dispatcher import AlertDispatcher, app_secret_values
-from nightshift.api.app import create_app
 from nightshift.clock import Clock, SystemClock
 from nightshift.config import Settings, config_path
 from nightshift.declared import ReloadReport, collect, reload_modules
@@ -37,13 +34,10 @@ from nightshift.worker.worker import Worker
 
 log = logging.getLogger("nightshift")
 
+if TYPE_CHECKING:
+    import uvicorn
+
 ALL_ROLES = ("api", "scheduler", "worker")
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # the runtime owns SIGINT / SIGTERM, to drain the workers before the server stops
 
 
 class Runtime:
@@ -91,7 +85,7 @@ class Runtime:
         self.metrics = build_metrics(self.store, self.clock, settings, local)  # per process
         self.scheduler.on_fired.append(self.worker.wake)
         self.stop = asyncio.Event()
-        self.server: _Server | None = None
+        self.server: uvicorn.Server | None = None
         self.modules: list[ModuleType] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reloading = asyncio.Lock()
@@ -189,16 +183,14 @@ class Runtime:
             tasks.append(scheduling)
             tasks.append(asyncio.create_task(self.alerts.run(self.stop), name="alerts"))
         if "api" in self.roles:
+            # Imported here: FastAPI, the routes and uvicorn are a third of the import time,
+            # which a worker or scheduler process on its own does not spend.
+            from nightshift.api.app import create_app
+            from nightshift.api.server import api_server
+
             api_app = create_app(self.service, self.access, roles=self.roles, reload=self.reload)
             api_app.state.metrics = self.metrics
-            config = uvicorn.Config(
-                api_app,
-                host=self.settings.host,
-                port=self.settings.port,
-                log_level="warning",
-                lifespan="off",
-            )
-            self.server = _Server(config)
+            self.server = api_server(api_app, self.settings)
             tasks.append(asyncio.create_task(self.server.serve(), name="api"))
         # What start-up built (modules, the app, the store) lives as long as the process: out
         # of the collector's sight, a full collection took 40-54 ms every ~2 s under load
