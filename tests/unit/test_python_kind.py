@@ -106,6 +106,15 @@ def test_validate_normalises_without_importing() -> None:
     assert "not_installed" not in sys.modules
 
 
+def test_validated_params_are_a_copy() -> None:
+    params = {"day": "monday", "to": ["a@example.com"], "opts": {"bcc": True}}
+    validated = PythonExecutor(processes=1).validate({"function": "m:f", "params": params})
+    params["to"].append("b@example.com")
+    params["opts"]["bcc"] = False
+    params["day"] = "tuesday"
+    assert validated["params"] == {"day": "monday", "to": ["a@example.com"], "opts": {"bcc": True}}
+
+
 @pytest.mark.parametrize(
     "config",
     [
@@ -132,6 +141,9 @@ def test_validate_rejects_bad_params_and_unknown_fields() -> None:
     ex = PythonExecutor(processes=1)
     with pytest.raises(InvalidInput) as info:
         ex.validate({"function": "m:f", "params": [1]})
+    assert info.value.field == "config.params"
+    with pytest.raises(InvalidInput) as info:
+        ex.validate({"function": "m:f", "params": {1: "a"}})  # from Python: JSON has str keys
     assert info.value.field == "config.params"
     with pytest.raises(InvalidInput) as info:
         ex.validate({"function": "m:f", "url": "x"})

@@ -11,6 +11,8 @@ The process pool is the queue of the runs that wait for a process: `execute` pas
 from __future__ import annotations
 
 import asyncio
+import copy
+import functools
 import keyword
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +25,7 @@ from nightshift.errors import InvalidInput
 from nightshift.worker.executor import Outcome, RunIO, Task, error_info
 from nightshift.worker.pool import ProcessPool
 
+_SCALARS = (str, int, float, bool, type(None))
 _FUNCTION_HINT = "must be 'module:function', e.g. 'myapp.jobs:daily_report'"
 
 
@@ -46,9 +49,18 @@ def parse_reference(reference: Any) -> tuple[str, str]:
     """Split 'module:qualname', or raise InvalidInput naming `config.function`."""
     if not isinstance(reference, str) or not reference.strip():
         raise InvalidInput(f"is required and {_FUNCTION_HINT}", field="config.function")
+    split = _split_reference(reference)
+    if split is None:
+        raise InvalidInput(f"{_FUNCTION_HINT}, got {reference!r}", field="config.function")
+    return split
+
+
+# A bulk create names the same few functions thousands of times.
+@functools.lru_cache(maxsize=4096)
+def _split_reference(reference: str) -> tuple[str, str] | None:
     module, sep, qualname = reference.strip().partition(":")
     if not sep or not _is_dotted_name(module) or not _is_dotted_name(qualname):
-        raise InvalidInput(f"{_FUNCTION_HINT}, got {reference!r}", field="config.function")
+        return None
     return module, qualname
 
 
@@ -100,7 +112,12 @@ class PythonExecutor:
             params = {}
         if not isinstance(params, dict):
             raise InvalidInput("must be an object", field="config.params")
-        return PythonConfig(function=f"{module}:{qualname}", params=params).model_dump()
+        if not all(isinstance(key, str) for key in params):
+            raise InvalidInput("its keys must be strings", field="config.params")
+        # What PythonConfig(...).model_dump() gives (a copy, nested values too), without its
+        # cost: a fifth of a bulk create's validation. The model stays the documentation.
+        copied = {k: v if isinstance(v, _SCALARS) else copy.deepcopy(v) for k, v in params.items()}
+        return {"function": f"{module}:{qualname}", "params": copied}
 
     async def start(self) -> None:
         async with self._lock:
