@@ -151,7 +151,8 @@ class Scheduler:
             failures.succeeded()
             if not fired and next_due is not None and next_due <= self.clock.now():
                 # Due jobs that this tick could not take: another scheduler holds them (SKIP
-                # LOCKED) and is firing them now. Look again shortly rather than spin.
+                # LOCKED) and is firing them now, or a replacing fire found a run held by a
+                # completion (firing.py). Look again shortly rather than spin.
                 await self._sleep(LOCKED_RETRY_S, stop)
                 continue
             version = await self._idle(next_due, version, stop)
