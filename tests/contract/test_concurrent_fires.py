@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import select, update
@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 from nightshift.clock import FakeClock
 from nightshift.config import Settings
 from nightshift.domain.misfire import FirePlan
+from nightshift.domain.models import Job, Run
 from nightshift.scheduler import Scheduler
 from nightshift.service import Service
 from nightshift.store import SqlStore, open_store
@@ -126,14 +127,8 @@ def test_a_plan_made_for_a_timer_that_moved_is_dropped_whole(
     assert store.get_job(stale.id).next_fire_at == due
 
 
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_a_replacing_fire_leaves_a_run_being_completed_alone_rather_than_deadlock(
-    store: SqlStore, database_url: str, clock: FakeClock, settings: Settings
-) -> None:
-    """A completion locks its run, then frees its job's slot; a replacing fire holds the job
-    and wants its runs. Had the fire waited for the run, the two would deadlock, and one of
-    them would fail when PostgreSQL noticed, a second later. The fire leaves the job due for
-    the next tick instead, and the completion commits."""
+def _replacing_job(store: SqlStore, clock: FakeClock, settings: Settings) -> tuple[Job, Run]:
+    """A job with overlap `replace` and one run, not claimed yet."""
     service = Service(store, clock, settings, build_executors(settings))
     job = service.create_job(
         {
@@ -144,13 +139,33 @@ def test_a_replacing_fire_leaves_a_run_being_completed_alone_rather_than_deadloc
             "overlap": "replace",
         }
     )
-    run = service.run_now(job.id)
+    return job, service.run_now(job.id)
+
+
+def _tick_beside(scheduler: Scheduler, now: datetime) -> int:
+    """A tick on a thread of its own, while this thread's transaction holds a run."""
+    ticked: list[int] = []
+    fire = threading.Thread(target=lambda: ticked.append(scheduler.tick(now)))
+    fire.start()
+    fire.join(30)
+    assert not fire.is_alive(), "the fire waits for the run while it holds the job"
+    return ticked[0]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_replacing_fire_leaves_a_run_being_completed_alone_rather_than_deadlock(
+    store: SqlStore, database_url: str, clock: FakeClock, settings: Settings
+) -> None:
+    """A completion locks its run, then frees its job's slot; a replacing fire holds the job
+    and wants its runs. Had the fire waited for the run, the two would deadlock, and one of
+    them would fail when PostgreSQL noticed, a second later. The fire leaves the job due for
+    the next tick instead, and the completion commits."""
+    job, run = _replacing_job(store, clock, settings)
     [claimed] = store.claim("worker-1", clock.now(), 30, 10, ["python"])
     assert claimed.run.id == run.id and claimed.run.exclusive  # it holds the job's slot
     now = clock.advance(1)
     store.update_job(job.id, {"next_fire_at": now})
     scheduler = Scheduler(store, clock, settings)
-    ticked: list[int] = []
     other = open_store(database_url, migrate=False)
     try:
         with other.engine.connect() as conn, conn.begin():
@@ -158,10 +173,7 @@ def test_a_replacing_fire_leaves_a_run_being_completed_alone_rather_than_deadloc
             # to check that the worker still holds it) ...
             held = select(runs.c.id).where(runs.c.id == run.id).with_for_update(key_share=True)
             conn.execute(held)
-            fire = threading.Thread(target=lambda: ticked.append(scheduler.tick(now)))
-            fire.start()
-            fire.join(30)
-            assert not fire.is_alive(), "the fire waits for the run while it holds the job"
+            assert _tick_beside(scheduler, now) == 0  # nothing fired while the run was held
             # ... the job's slot last.
             conn.execute(
                 update(jobs)
@@ -175,8 +187,49 @@ def test_a_replacing_fire_leaves_a_run_being_completed_alone_rather_than_deadloc
             )
     finally:
         other.close()
-    assert ticked == [0]  # nothing fired while the run was held
     assert scheduler.tick(now) == 1
     fired = [r for r in store.list_runs(job_id=job.id) if r.scheduled_for == now]
     assert [r.status for r in fired] == ["pending"]
     assert store.get_run(run.id).status == "succeeded"  # the completion stands
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_replacing_fire_leaves_a_run_being_claimed_alone_rather_than_deadlock(
+    store: SqlStore, database_url: str, clock: FakeClock, settings: Settings
+) -> None:
+    """A claim locks a pending run, then takes its job's slot: the same cycle. The claim
+    commits, and the next tick replaces the run it started."""
+    job, run = _replacing_job(store, clock, settings)
+    now = clock.advance(1)
+    store.update_job(job.id, {"next_fire_at": now})
+    scheduler = Scheduler(store, clock, settings)
+    other = open_store(database_url, migrate=False)
+    try:
+        with other.engine.connect() as conn, conn.begin():
+            # The claim's statements, in its order: the pending run first ...
+            pending = select(runs.c.id).where(runs.c.id == run.id)
+            conn.execute(pending.with_for_update(key_share=True, skip_locked=True))
+            assert _tick_beside(scheduler, now) == 0
+            # ... then the job's slot, and the run is taken.
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job.id, jobs.c.active_run_id.is_(None))
+                .values(active_run_id=run.id)
+            )
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == run.id)
+                .values(
+                    status="running",
+                    started_at=now,
+                    lease_owner="worker-1",
+                    lease_expires_at=now + timedelta(seconds=30),
+                )
+            )
+    finally:
+        other.close()
+    assert scheduler.tick(now) == 1
+    replaced = store.get_run(run.id)
+    assert (replaced.status, replaced.reason) == ("stopping", "replaced")  # its worker stops it
+    fired = [r for r in store.list_runs(job_id=job.id) if r.scheduled_for == now]
+    assert [r.status for r in fired] == ["pending"]
