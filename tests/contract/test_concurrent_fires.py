@@ -127,8 +127,11 @@ def test_a_plan_made_for_a_timer_that_moved_is_dropped_whole(
     assert store.get_job(stale.id).next_fire_at == due
 
 
-def _replacing_job(store: SqlStore, clock: FakeClock, settings: Settings) -> tuple[Job, Run]:
-    """A job with overlap `replace` and one run, not claimed yet."""
+def _replacing_job_due(
+    store: SqlStore, clock: FakeClock, settings: Settings, *, claimed: bool
+) -> tuple[Job, Run, datetime]:
+    """A job with overlap `replace`, due now, and its run from a second ago: pending, or
+    `claimed` by a worker (then it holds the job's slot)."""
     service = Service(store, clock, settings, build_executors(settings))
     job = service.create_job(
         {
@@ -139,7 +142,13 @@ def _replacing_job(store: SqlStore, clock: FakeClock, settings: Settings) -> tup
             "overlap": "replace",
         }
     )
-    return job, service.run_now(job.id)
+    run = service.run_now(job.id)
+    if claimed:
+        [claim] = store.claim("worker-1", clock.now(), 30, 10, ["python"])
+        assert claim.run.id == run.id and claim.run.exclusive
+    now = clock.advance(1)
+    store.update_job(job.id, {"next_fire_at": now})
+    return job, run, now
 
 
 def _tick_beside(scheduler: Scheduler, now: datetime) -> int:
@@ -160,11 +169,7 @@ def test_a_replacing_fire_leaves_a_run_being_completed_alone_rather_than_deadloc
     and wants its runs. Had the fire waited for the run, the two would deadlock, and one of
     them would fail when PostgreSQL noticed, a second later. The fire leaves the job due for
     the next tick instead, and the completion commits."""
-    job, run = _replacing_job(store, clock, settings)
-    [claimed] = store.claim("worker-1", clock.now(), 30, 10, ["python"])
-    assert claimed.run.id == run.id and claimed.run.exclusive  # it holds the job's slot
-    now = clock.advance(1)
-    store.update_job(job.id, {"next_fire_at": now})
+    job, run, now = _replacing_job_due(store, clock, settings, claimed=True)
     scheduler = Scheduler(store, clock, settings)
     other = open_store(database_url, migrate=False)
     try:
@@ -199,9 +204,7 @@ def test_a_replacing_fire_leaves_a_run_being_claimed_alone_rather_than_deadlock(
 ) -> None:
     """A claim locks a pending run, then takes its job's slot: the same cycle. The claim
     commits, and the next tick replaces the run it started."""
-    job, run = _replacing_job(store, clock, settings)
-    now = clock.advance(1)
-    store.update_job(job.id, {"next_fire_at": now})
+    job, run, now = _replacing_job_due(store, clock, settings, claimed=False)
     scheduler = Scheduler(store, clock, settings)
     other = open_store(database_url, migrate=False)
     try:
