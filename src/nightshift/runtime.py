@@ -32,10 +32,10 @@ from nightshift.worker.kinds.registry import build_executors
 from nightshift.worker.store_process import store_calls
 from nightshift.worker.worker import Worker
 
-log = logging.getLogger("nightshift")
-
 if TYPE_CHECKING:
-    import uvicorn
+    import uvicorn  # the api role imports it (serve): a worker or scheduler never does
+
+log = logging.getLogger("nightshift")
 
 ALL_ROLES = ("api", "scheduler", "worker")
 
