@@ -19,7 +19,10 @@ database:
 - missed = expected (job, slot) pairs with no started run; of those, `skipped` were recorded
   as skipped by the overlap policy (a fire while the previous run still waited) and
   `not_started` had a run that never started before the stop;
-- duplicates = (job, slot) pairs with more than one run.
+- duplicates = (job, slot) pairs with more than one run;
+- per instant (medians over the window's instants): the first and the last start after the
+  instant, and the starts per second between them - what bounds the last start of J runs due
+  together (bench/PROFILE.md, session 10).
 `Scheduler.tick` is timed by a wrapper: ticks, fires per tick, ms per tick.
 """
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import statistics
 import subprocess
 import time
 from collections import Counter
@@ -197,8 +201,31 @@ def analyse(
         "skipped": skipped,
         "not_started": len({(r.job_id, r.scheduled_for) for r in runs} - started_slots),
         "duplicates": sum(c - 1 for c in per_slot.values() if c > 1),
+        **per_instant(started),
     }
     return figures, {"window": [w0.isoformat(), w1.isoformat()]}
+
+
+def per_instant(started: list[Any]) -> dict[str, float | None]:
+    """How each instant's runs started, as medians over the instants of the window: the first
+    and the last start after the instant, and the starts per second between them. All the
+    jobs are due together, so the last start is bounded by their number over that rate."""
+    by_instant: dict[datetime, list[float]] = {}
+    for r in started:
+        late = (r.started_at - r.scheduled_for).total_seconds()
+        by_instant.setdefault(r.scheduled_for, []).append(late)
+    firsts = [min(late) for late in by_instant.values()]
+    lasts = [max(late) for late in by_instant.values()]
+    rates = [
+        (len(late) - 1) / (max(late) - min(late))
+        for late in by_instant.values()
+        if len(late) > 1 and max(late) > min(late)
+    ]
+    return {
+        "instant_first_ms": round(statistics.median(firsts) * 1000, 1) if firsts else None,
+        "instant_last_ms": round(statistics.median(lasts) * 1000, 1) if lasts else None,
+        "instant_starts_per_s": round(statistics.median(rates)) if rates else None,
+    }
 
 
 def _skips_in_window(record: Any, w1: datetime) -> int:

@@ -146,6 +146,20 @@ def rows_for(row: dict[str, Any]) -> list[list[str]]:
                 load,
             ]
         )
+        if f.get("instant_last_ms") is not None:
+            out.append(
+                [
+                    bench,
+                    backend,
+                    work,
+                    "per instant (median): first / last start after it, starts/s between",
+                    f"{_n(f['instant_first_ms'], 1)} / {_n(f['instant_last_ms'], 1)} ms, "
+                    f"{_n(f['instant_starts_per_s'])}/s",
+                    "-",
+                    "-",
+                    load,
+                ]
+            )
         out.append(
             [
                 bench,
