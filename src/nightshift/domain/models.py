@@ -48,6 +48,11 @@ class RetryPolicy:
     def as_dict(self) -> JSON:
         return {"max": self.max, "backoff_s": self.backoff_s}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Each claimed run's job carries one: the default pickling of a slotted dataclass
+        # walks its fields() on both sides (bench/PROFILE.md, session 10).
+        return RetryPolicy, (self.max, self.backoff_s)
+
 
 @dataclass(slots=True)
 class App:
