@@ -87,11 +87,11 @@ def run(backend: str, n: int, delay: float, results: Results) -> None:
                     "config": {"method": "GET", "url": f"http://127.0.0.1:{port}/slow"},
                 }
             )
-            enqueued = enqueue(runtime.service, job.id, n)
+            enqueued = enqueue(runtime.service, [job.id], n)
             load_before = load1()
 
             async def drain() -> tuple[float, Completions]:
-                completions = Completions(n, job_run_ids(runtime.store, job.id))
+                completions = Completions(n, job_run_ids(runtime.store, [job.id]))
                 observe_calls(runtime.worker.calls, {"complete": completions})
                 started = time.monotonic()  # the server's clock, for the start-up figure
                 t0 = time.perf_counter()
@@ -105,7 +105,7 @@ def run(backend: str, n: int, delay: float, results: Results) -> None:
                 return started, t0, completions
 
             started, t0, completions = asyncio.run(drain())
-            check = verify(db.url, job.id, n)
+            check = verify(db.url, [job.id], n)
             stats = httpx.get(f"http://127.0.0.1:{port}/stats", timeout=5).json()
             arrivals = httpx.get(f"http://127.0.0.1:{port}/arrivals", timeout=5).json()
             concurrency = settings.worker_concurrency

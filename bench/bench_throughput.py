@@ -1,6 +1,7 @@
 """Throughput: enqueue N no-op python jobs, then drain them with the default worker settings.
 
     .venv/bin/python bench/bench_throughput.py [--n 20000] [--backend sqlite] [--mode both]
+                                               [--jobs 1]
 
 Enqueue goes through `Service.run_now`, one call per run (one write transaction plus a read of
 the job each). When the store offers `enqueue_many` (a bulk path, in progress at the time of
@@ -20,6 +21,10 @@ threads), the pool's children, and PostgreSQL's server processes. Per-job CPU of
 threads against the wall time per job shows whether the drain is bound by the GIL (their sum
 equals it), the cores, or waiting.
 
+With `--jobs J` (in-process only) the N runs are spread over J jobs: each claimed run then
+carries a job of its own from the store, as in a deployment of many jobs (the peers' workload,
+and the targets, are runs of one job).
+
 Drain, mode `subprocess`: `nightshift up` started as a process against the prepared database,
 polled every 50 ms from here (as the peer harness polls its peers) until no run of the job is
 pending or running.
@@ -35,6 +40,7 @@ import asyncio
 import os
 import subprocess
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,7 +58,7 @@ from benchlib import (
     stop_process,
     working_directory,
 )
-from sqlalchemy import create_engine, text
+from sqlalchemy import bindparam, create_engine, text
 
 NOOP = {"function": "bench_jobs:noop"}
 POLL_S = 0.05
@@ -144,46 +150,61 @@ def create_noop_job(service: Any) -> Any:
     return service.create_job({"name": "bench-noop", "kind": "python", "config": NOOP})
 
 
-def enqueue(service: Any, job_id: int, n: int, bulk_batch: int = 1000) -> dict[str, Any]:
-    """run_now for every run, or for a sample when the store has a bulk path for the rest."""
+def create_noop_jobs(service: Any, count: int) -> list[int]:
+    """The ids of `count` no-op jobs (one: the job every other bench uses)."""
+    if count == 1:
+        return [create_noop_job(service).id]
+    specs = [{"name": f"bench-noop-{i}", "kind": "python", "config": NOOP} for i in range(count)]
+    return [job.id for job in service.create_jobs(specs)]
+
+
+def enqueue(service: Any, job_ids: Sequence[int], n: int, bulk_batch: int = 1000) -> dict[str, Any]:
+    """run_now for every run, or for a sample when the store has a bulk path for the rest;
+    run i is a run of job i mod len(job_ids)."""
     from nightshift.store.base import NewRun
 
     many = getattr(service.store, "enqueue_many", None)
     single = n if many is None else min(n // 2, 2000)
     t0 = time.perf_counter()
-    for _ in range(single):
-        service.run_now(job_id)
+    for i in range(single):
+        service.run_now(job_ids[i % len(job_ids)])
     t1 = time.perf_counter()
     out: dict[str, Any] = {"enqueue_per_s": round(single / (t1 - t0), 1), "bulk_per_s": None}
     if many is not None and n > single:
         for k in range(single, n, bulk_batch):
             now = datetime.now(UTC)
             size = min(bulk_batch, n - k)
-            many([NewRun(job_id=job_id, run_at=now) for _ in range(size)], now)
+            batch = [
+                NewRun(job_id=job_ids[i % len(job_ids)], run_at=now) for i in range(k, k + size)
+            ]
+            many(batch, now)
         out["bulk_per_s"] = round((n - single) / (time.perf_counter() - t1), 1)
     out["enqueue_s"] = time.perf_counter() - t0
     return out
 
 
-def job_run_ids(store: Any, job_id: int) -> set[int]:
+def job_run_ids(store: Any, job_ids: Sequence[int]) -> set[int]:
     with store.engine.connect() as conn:
-        rows = conn.execute(text("SELECT id FROM runs WHERE job_id = :j"), {"j": job_id})
+        rows = conn.execute(_OF_JOBS.bindparams(jobs=list(job_ids)))
         return {row[0] for row in rows}
 
 
-def verify(url: str, job_id: int, n: int) -> dict[str, Any]:
-    """From a fresh connection: every run of the job succeeded and carries its timestamps."""
+_OF_JOBS = text("SELECT id FROM runs WHERE job_id IN :jobs").bindparams(
+    bindparam("jobs", expanding=True)
+)
+_STATUSES = text(
+    "SELECT status, count(*), count(started_at), count(finished_at),"
+    " sum(CASE WHEN finished_at >= started_at THEN 1 ELSE 0 END)"
+    " FROM runs WHERE job_id IN :jobs GROUP BY status"
+).bindparams(bindparam("jobs", expanding=True))
+
+
+def verify(url: str, job_ids: Sequence[int], n: int) -> dict[str, Any]:
+    """From a fresh connection: every run of the jobs succeeded and carries its timestamps."""
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     try:
         with engine.connect() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT status, count(*), count(started_at), count(finished_at),"
-                    " sum(CASE WHEN finished_at >= started_at THEN 1 ELSE 0 END)"
-                    " FROM runs WHERE job_id = :job GROUP BY status"
-                ),
-                {"job": job_id},
-            ).all()
+            rows = conn.execute(_STATUSES.bindparams(jobs=list(job_ids))).all()
     finally:
         engine.dispose()
     by_status = {r[0]: r[1] for r in rows}
@@ -213,7 +234,12 @@ def wait_for_profiler(ready_file: str | None) -> None:
 
 
 def run_inprocess(
-    backend: str, n: int, results: Results, timeout_s: float, ready_file: str | None = None
+    backend: str,
+    n: int,
+    results: Results,
+    timeout_s: float,
+    ready_file: str | None = None,
+    jobs: int = 1,
 ) -> None:
     from nightshift.config import Settings
     from nightshift.runtime import Runtime
@@ -221,9 +247,9 @@ def run_inprocess(
     with TempDatabase(backend) as db, working_directory(db.workdir):
         settings = Settings(database_url=db.url)
         runtime = Runtime(settings, roles=("scheduler", "worker"))
-        job = create_noop_job(runtime.service)
+        job_ids = create_noop_jobs(runtime.service, jobs)
         load_before = load1()
-        enqueued = enqueue(runtime.service, job.id, n)
+        enqueued = enqueue(runtime.service, job_ids, n)
         print(f"  enqueued {n} in {enqueued['enqueue_s']:.2f} s: {enqueued}", flush=True)
         wait_for_profiler(ready_file)
         stats: dict[str, Any] = {}
@@ -231,7 +257,7 @@ def run_inprocess(
         async def drain() -> tuple[float, Completions]:
             calls = runtime.worker.calls
             meter = CpuMeter({"store process": lambda: getattr(calls, "pid", None)})
-            completions = Completions(n, job_run_ids(runtime.store, job.id), meter)
+            completions = Completions(n, job_run_ids(runtime.store, job_ids), meter)
             stats.update(
                 complete=completions,
                 claim_slots=CallStats(),
@@ -250,7 +276,7 @@ def run_inprocess(
             return t0, completions
 
         t0, completions = asyncio.run(drain())
-        check = verify(db.url, job.id, n)
+        check = verify(db.url, job_ids, n)
         done = completions.items
         end = completions.done_at or time.perf_counter()
         drain_s = end - t0
@@ -275,6 +301,7 @@ def run_inprocess(
                 "verified": check["verified"],
             },
             mode="inprocess",
+            jobs=jobs,
             cpu_us_per_job=completions.meter.per_job_us(max(1, done - completions.first_items)),
             load1_before=load_before,
             settings={
@@ -305,7 +332,7 @@ def run_subprocess(backend: str, n: int, results: Results, timeout_s: float) -> 
         store = open_store(db.url)
         service = Service(store, SystemClock(), settings, build_executors(settings))
         job = create_noop_job(service)
-        enqueued = enqueue(service, job.id, n)
+        enqueued = enqueue(service, [job.id], n)
         store.close()
         engine = create_engine(db.url.replace("postgresql://", "postgresql+psycopg://", 1))
         left = text(
@@ -341,7 +368,7 @@ def run_subprocess(backend: str, n: int, results: Results, timeout_s: float) -> 
             engine.dispose()
         if proc.returncode not in (0, None) and remaining != 0:
             print((db.workdir / "service.log").read_text()[-3000:])
-        check = verify(db.url, job.id, n)
+        check = verify(db.url, [job.id], n)
         done = check["statuses"].get("succeeded", 0)
         results.add(
             "throughput",
@@ -370,6 +397,9 @@ def main() -> None:
     add_common_args(parser)
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--mode", choices=["inprocess", "subprocess", "both"], default="both")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="in-process: spread the runs over this many jobs"
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="per drain, seconds")
     parser.add_argument("--ready-file", help="in-process: pause before the drain (profile_drain)")
     args = parser.parse_args()
@@ -378,7 +408,7 @@ def main() -> None:
     for backend in backends(args):
         if args.mode in ("inprocess", "both"):
             print(f"throughput {backend} in-process, n={args.n}", flush=True)
-            run_inprocess(backend, args.n, results, args.timeout, args.ready_file)
+            run_inprocess(backend, args.n, results, args.timeout, args.ready_file, args.jobs)
         if args.mode in ("subprocess", "both"):
             print(f"throughput {backend} `nightshift up` subprocess, n={args.n}", flush=True)
             run_subprocess(backend, args.n, results, args.timeout)

@@ -61,7 +61,10 @@ def rows_for(row: dict[str, Any]) -> list[list[str]]:
     if bench == "throughput":
         mode = "in-process Runtime" if row.get("mode") == "inprocess" else "`nightshift up`"
         work = f"{f['n']:,} no-op python jobs, {mode}"
-        target = DRAIN_TARGET[backend]
+        # The targets are for the peers' workload: runs of one job.
+        target = DRAIN_TARGET[backend] if row.get("jobs", 1) == 1 else None
+        if row.get("jobs", 1) > 1:
+            work += f", runs spread over {row['jobs']:,} jobs"
         verified = "all recorded" if f.get("verified") else "**NOT all recorded**"
         out.append(
             [
@@ -96,8 +99,8 @@ def rows_for(row: dict[str, Any]) -> list[list[str]]:
                 "drain (incl. start-up)",
                 f"{_n(f['drain_per_s'])} jobs/s (steady {_n(f.get('steady_per_s'))}/s, "
                 f"1st after {_n(f.get('first_completion_s'), 2)} s; {verified})",
-                f"≥ {target:,}/s",
-                _yes((f["drain_per_s"] or 0) >= target),
+                f"≥ {target:,}/s" if target else "-",
+                _yes((f["drain_per_s"] or 0) >= target) if target else "-",
                 load,
             ]
         )

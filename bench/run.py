@@ -35,6 +35,8 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
     ],
     "full": [
         ("throughput", ["--n", "20000", "--mode", "both"]),
+        # Runs of many jobs: each claimed run carries its own job (bench/PROFILE.md, session 10).
+        ("throughput", ["--n", "20000", "--mode", "inprocess", "--jobs", "1000"]),
         ("lateness", ["--jobs", "1000", "--duration", "60", "--schedulers", "3"]),
         ("scale", ["--schedules", "100000", "--runs", "1000000", "--create-budget", "900"]),
         ("stats", ["--runs", "1000000"]),
@@ -50,10 +52,10 @@ def run_suite(suite: str, only: set[str] | None, record: bool, command: str) -> 
     failed: list[str] = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ns-bench-run-") as tmp:
-        for name, args in SUITES[suite]:
+        for step, (name, args) in enumerate(SUITES[suite]):
             if only and name not in only:
                 continue
-            out = Path(tmp) / f"{name}.jsonl"
+            out = Path(tmp) / f"{step}-{name}.jsonl"
             cmd = [sys.executable, str(BENCH_DIR / f"bench_{name}.py"), *args, "--json", str(out)]
             print(f"\n== {name}: {' '.join(cmd[1:])}", flush=True)
             t0 = time.perf_counter()
