@@ -403,6 +403,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900.0, help="per drain, seconds")
     parser.add_argument("--ready-file", help="in-process: pause before the drain (profile_drain)")
     args = parser.parse_args()
+    if args.jobs < 1 or (args.jobs > 1 and args.mode != "inprocess"):
+        parser.error("--jobs must be at least 1, and more than 1 only with --mode inprocess")
     quiet_logging()
     results = Results(args.json)
     for backend in backends(args):
