@@ -1,4 +1,4 @@
-"""Statistics (seed 002) and usage per app (seed 003): use cases and their pure aggregation.
+"""Statistics (seed 002) and usage per app (seed 003): the use cases over the store's sums.
 
 Each figure falls in the bucket of its own event, in UTC: a run counts as *created* in the bucket
 of its created_at; its *waiting* time (created -> started) in the bucket where it started; it
@@ -7,13 +7,15 @@ succeeded, failed or stopped) gives its *duration* (started -> finished) and run
 finished.
 
 Whole minutes older than the roll-up watermark are read from `run_stats` (summed per bucket in
-SQL); newer ones are aggregated here from the runs' timestamps. Both go through `aggregate`, so
-the roll-up holds exactly what live aggregation gives. The roll-up also writes, for each hour it
+SQL); newer ones are summed live from the runs' timestamps by `Store.run_figures`, per bucket in
+SQL too. The roll-up stores what `run_figures` gives per minute, so it holds exactly what live
+aggregation gives. The roll-up also writes, for each hour it
 closes, that hour's sums of its minute rows (`run_stats_hourly`, `run_stats_hist_hourly`): hour
 and day buckets read whole hours from there and only the last, unfinished hour from minute rows,
 so a day costs 24 rows per app instead of 1,440 (and ~500 histogram rows instead of ~30,000).
 
-The p95 of durations comes from a histogram of fixed log-spaced bins (ratio 2**0.25 from 1 ms):
+The p95 of durations comes from a histogram of fixed log-spaced bins (ratio 2**0.25 from 1 ms,
+nightshift.domain.histogram):
 the reported value is the geometric middle of the bin holding the nearest-rank p95, capped at the
 bucket's longest duration, so it is within 9 % of the exact figure (or 1 ms below one
 millisecond).
@@ -29,33 +31,17 @@ from typing import Any
 
 from nightshift.clock import Clock
 from nightshift.config import Settings
+from nightshift.domain.histogram import bin_value
 from nightshift.errors import InvalidInput
-from nightshift.store.base import RunEvent, StatsRow, Store
+from nightshift.store.base import StatsRow, Store
 
 BUCKETS = {"minute": 60, "hour": 3600, "day": 86_400}
 DEFAULT_SPAN = {"minute": timedelta(hours=1), "hour": timedelta(days=1), "day": timedelta(days=30)}
 MAX_BUCKETS = 1500
 SYSTEM_APP = "system"  # the app of Nightshift's own jobs (nightshift.system_jobs)
 RESERVED_APP = "app 'system' is reserved for Nightshift's own jobs"
-EXECUTED = frozenset({"succeeded", "failed", "stopped"})
 
-_BIN_BASE = 0.001  # seconds: bin 0 holds everything up to 1 ms
-_BIN_RATIO = 2**0.25
-_LOG_RATIO = math.log(_BIN_RATIO)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def duration_bin(seconds: float) -> int:
-    if seconds <= _BIN_BASE:
-        return 0
-    return 1 + int(math.log(seconds / _BIN_BASE) / _LOG_RATIO)
-
-
-def bin_value(index: int) -> float:
-    """A representative duration of a bin: the geometric middle of its bounds."""
-    if index == 0:
-        return _BIN_BASE
-    return _BIN_BASE * _BIN_RATIO ** (index - 0.5)
 
 
 def floor_time(when: datetime, size_s: int) -> datetime:
@@ -75,7 +61,7 @@ class Figures:
     row: StatsRow
     bins: Counter[int] = field(default_factory=Counter)
 
-    def merge(self, other: StatsRow, bins: Counter[int] | None = None) -> None:
+    def merge(self, other: StatsRow) -> None:
         r = self.row
         r.created += other.created
         r.started += other.started
@@ -87,8 +73,6 @@ class Figures:
         r.wait_min = _pick(min, r.wait_min, other.wait_min)
         r.wait_max = _pick(max, r.wait_max, other.wait_max)
         r.duration_max = _pick(max, r.duration_max, other.duration_max)
-        if bins:
-            self.bins.update(bins)
 
 
 def _pick(fn: Any, a: float | None, b: float | None) -> float | None:
@@ -97,42 +81,6 @@ def _pick(fn: Any, a: float | None, b: float | None) -> float | None:
     if b is None:
         return a
     return fn(a, b)
-
-
-def aggregate(events: list[RunEvent], since: datetime, until: datetime) -> dict[tuple, Figures]:
-    """Per (app, UTC minute) figures of the events in [since, until)."""
-    out: dict[tuple, Figures] = {}
-
-    def at(app: str, when: datetime) -> Figures:
-        minute = floor_time(when, 60)
-        found = out.get((app, minute))
-        if found is None:
-            found = out[(app, minute)] = Figures(StatsRow(start=minute, app=app))
-        return found
-
-    def inside(when: datetime | None) -> bool:
-        return when is not None and since <= when < until
-
-    for e in events:
-        if inside(e.created_at):
-            at(e.app, e.created_at).row.created += 1
-        if inside(e.started_at):
-            wait = max(0.0, (e.started_at - e.created_at).total_seconds())  # type: ignore[operator]
-            one = StatsRow(e.started_at, e.app, started=1, wait_sum=wait)  # type: ignore[arg-type]
-            one.wait_min = one.wait_max = wait
-            at(e.app, e.started_at).merge(one)  # type: ignore[arg-type]
-        if inside(e.finished_at) and e.status in ("succeeded", "failed", "stopped"):
-            figures = at(e.app, e.finished_at)  # type: ignore[arg-type]
-            if e.status == "succeeded":
-                figures.row.succeeded += 1
-            elif e.status == "failed":
-                figures.row.failed += 1
-            if e.started_at is not None:
-                took = max(0.0, (e.finished_at - e.started_at).total_seconds())  # type: ignore[operator]
-                one = StatsRow(e.finished_at, e.app, executions=1, run_seconds=took)  # type: ignore[arg-type]
-                one.duration_max = took
-                figures.merge(one, Counter({duration_bin(took): 1}))
-    return out
 
 
 def p95(bins: Counter[int], longest: float | None) -> float | None:
@@ -184,9 +132,9 @@ class StatsService:
         buckets: dict[datetime, Figures] = {}
         usage: dict[str, Figures] = {}
 
-        def add(at: datetime, row: StatsRow, bins: Counter[int] | None = None) -> None:
+        def add(at: datetime, row: StatsRow) -> None:
             key = floor_time(at, size)
-            buckets.setdefault(key, Figures(StatsRow(key, ""))).merge(row, bins)
+            buckets.setdefault(key, Figures(StatsRow(key, ""))).merge(row)
             usage.setdefault(row.app, Figures(StatsRow(start, row.app))).merge(row)
 
         mark = self.store.stats_watermark()
@@ -199,9 +147,11 @@ class StatsService:
             for at, index, count in hist:
                 buckets.setdefault(at, Figures(StatsRow(at, ""))).bins[index] += count
         if live_from < end:
-            events = self.store.run_events(live_from, end, **scope)
-            for figures in aggregate(events, live_from, end).values():
-                add(figures.row.start, figures.row, figures.bins)
+            rows, live_bins = self.store.run_figures(size, live_from, end, **scope)
+            for row in rows:
+                add(row.start, row)
+            for _app, at, index, count in live_bins:
+                buckets.setdefault(at, Figures(StatsRow(at, ""))).bins[index] += count
 
         out = []
         at = start
@@ -254,9 +204,7 @@ class StatsService:
         to = min(closed, frm + timedelta(minutes=self.settings.stats_rollup_batch_minutes))
         if to <= frm:
             return {"rolled_minutes": 0}
-        figures = aggregate(self.store.run_events(frm, to), frm, to)
-        rows = [f.row for f in figures.values()]
-        bins = [(f.row.app, f.row.start, k, n) for f in figures.values() for k, n in f.bins.items()]
+        rows, bins = self.store.run_figures(60, frm, to)
         moved = self.store.save_rollup(previous, to, rows, bins)
         minutes = int((to - frm).total_seconds() // 60) if moved else 0
         return {"rolled_minutes": minutes, "until": to.isoformat(), "rows": len(rows)}

@@ -6,10 +6,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from nightshift.clock import FakeClock
-from nightshift.stats import StatsService, bin_value, duration_bin
+from nightshift.domain.histogram import bin_value, duration_bin
+from nightshift.stats import StatsService, floor_time
+from nightshift.store import open_store
+from nightshift.store.sql.engine import ensure_sqlite_math
 from nightshift.store.tables import run_stats_hourly
 from tests.api.conftest import app_token
 from tests.stats.conftest import add_job, add_run
@@ -145,3 +148,48 @@ def test_hourly_level_gives_the_live_figures(api, admin, settings) -> None:  # t
     with store.engine.connect() as conn:
         hours = conn.execute(select(func.count()).select_from(run_stats_hourly)).scalar()
     assert hours > 0
+
+
+def test_bins_counted_in_the_database_are_the_python_bins(api) -> None:  # type: ignore[no-untyped-def]
+    """The store sums durations into histogram bins in SQL: each duration lands in the bin
+    `duration_bin` gives, on both sides of every bin bound (to the microsecond), at zero and
+    below it (a clock that went backwards), and the sums are exact."""
+    check_bins(api.store)
+
+
+def test_bins_on_a_sqlite_without_math_functions(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A SQLite built without `ln` and `floor` gets Python's: the same bins."""
+    store = open_store(f"sqlite:///{tmp_path / 'plain.db'}")
+    try:
+        event.listen(store.engine, "connect", lambda c, _r: ensure_sqlite_math(c, force=True))
+        store.engine.dispose()  # every connection from now on has Python's functions
+        check_bins(store)
+    finally:
+        store.close()
+
+
+def check_bins(store) -> None:  # type: ignore[no-untyped-def]
+    job = add_job(store, "shop", "sync", T0)
+    durations = [0.0, 0.000001, 0.0005, 0.001, 0.001001, 0.5, 7200.25, 2 * 86_400.0]
+    for k in range(1, 81):  # bounds from 1 ms to ~17 min
+        bound_us = 1000 * 2 ** (k / 4)
+        durations += [int(bound_us) / 1e6, (int(bound_us) + 1) / 1e6]
+    ends = []
+    for n, seconds in enumerate(durations):  # three days apart: one run per finishing minute
+        started = at(3 * 86_400 * n)
+        ends.append(started + timedelta(seconds=seconds))
+        add_run(store, job, started, started, ends[-1], "succeeded")
+    started = at(3 * 86_400 * len(durations))
+    ends.append(started - timedelta(seconds=3))  # a clock that went backwards
+    add_run(store, job, started, started, ends[-1], "failed")
+    durations.append(0.0)
+
+    rows, bins = store.run_figures(60, T0, started + timedelta(minutes=1))
+    minutes = [floor_time(end, 60) for end in ends]
+    got = {minute: index for _app, minute, index, _count in bins}
+    assert got == {m: duration_bin(s) for m, s in zip(minutes, durations, strict=True)}
+    assert all(count == 1 for *_, count in bins)
+    longest = {row.start: row.duration_max for row in rows if row.executions}
+    assert longest == dict(zip(minutes, durations, strict=True))
+    assert sum(row.run_seconds for row in rows) == pytest.approx(sum(durations), abs=1e-6)
+    assert sum(row.failed for row in rows) == 1

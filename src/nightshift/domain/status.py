@@ -24,6 +24,8 @@ ACTIVE: frozenset[RunStatus] = frozenset({S.PENDING, S.RUNNING, S.STOPPING})
 EXECUTING: frozenset[RunStatus] = frozenset({S.RUNNING, S.STOPPING})
 #: Runs that will never change again.
 TERMINAL: frozenset[RunStatus] = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.SKIPPED})
+#: Ends of an execution, as statistics count them (a stopped run may be resumed later).
+EXECUTED: frozenset[RunStatus] = frozenset({S.SUCCEEDED, S.FAILED, S.STOPPED})
 
 TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     S.PENDING: frozenset({S.RUNNING, S.CANCELLED}),

@@ -99,17 +99,6 @@ class RunChange:
 
 
 @dataclass(slots=True)
-class RunEvent:
-    """A run's timestamps, as statistics read them (see nightshift.stats)."""
-
-    app: str
-    status: str
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-
-@dataclass(slots=True)
 class StatsRow:
     """Summed figures of one app over one span starting at `start` (a minute when stored)."""
 
@@ -381,16 +370,19 @@ class Store(Protocol):
     def first_run_at(self) -> datetime | None:
         """The earliest created_at of any run, or None when there are none."""
 
-    def run_events(
+    def run_figures(
         self,
+        size_s: int,
         since: datetime,
         until: datetime,
         *,
         app: str | None = None,
         exclude_app: str | None = None,
-    ) -> list[RunEvent]:
-        """Runs created, started or finished in [since, until), of `app` when given, else of every
-        app but `exclude_app`; in no particular order."""
+    ) -> tuple[list[StatsRow], list[tuple[str, datetime, int, int]]]:
+        """What runs did in [since, until), summed per app and UTC-aligned bucket of `size_s`
+        seconds (a divisor of a day), of `app` when given, else of every app but `exclude_app`.
+        Each event counts in the bucket of its own time (see nightshift.stats): the rows, and the
+        duration histogram as (app, bucket start, bin, count); in no particular order."""
 
     def rolled_stats(
         self,
@@ -402,7 +394,7 @@ class Store(Protocol):
         exclude_app: str | None = None,
     ) -> tuple[list[StatsRow], list[tuple[datetime, int, int]]]:
         """Rolled-up minutes in [since, until) summed per UTC-aligned bucket of `size_s` seconds
-        (a divisor of a day) and per app (app filter as `run_events`): the rows, and the duration
+        (a divisor of a day) and per app (app filter as `run_figures`): the rows, and the duration
         histogram as (bucket start, bin, count) summed over apps; in no particular order."""
 
     def save_rollup(

@@ -1,31 +1,37 @@
 """Statistics, history pruning and metrics: the reads behind nightshift.stats and
-nightshift.metrics, and the few writes of the system jobs. Aggregation itself is pure Python in
-nightshift.stats; these statements only select events and persist what was decided."""
+nightshift.metrics, and the few writes of the system jobs. The sums are grouped in SQL, so a
+million runs never cross to Python; merging them into buckets is nightshift.stats' job."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Connection,
+    Float,
+    Integer,
     and_,
+    case,
+    cast,
     delete,
     func,
     insert,
     literal,
+    null,
     or_,
     select,
     true,
     type_coerce,
-    union,
     update,
 )
 
-from nightshift.domain.status import TERMINAL
-from nightshift.store.base import MetricsSnapshot, RunEvent, StatsRow
+from nightshift.domain.histogram import BIN_BASE, LOG_RATIO
+from nightshift.domain.status import EXECUTED, TERMINAL
+from nightshift.store.base import MetricsSnapshot, StatsRow
 from nightshift.store.sql.engine import Transactions, insert_or_ignore
 from nightshift.store.tables import (
     UtcDateTime,
@@ -72,6 +78,30 @@ def _bucket(conn: Connection, column, size_s: int) -> ColumnElement[datetime]:  
     return type_coerce(raw - raw % (size_s * 1_000_000), UtcDateTime())
 
 
+def _is_sqlite(conn: Connection) -> bool:
+    return conn.dialect.name == "sqlite"
+
+
+def _seconds(conn: Connection, later, earlier) -> ColumnElement[float]:  # type: ignore[no-untyped-def]
+    """`later - earlier` in seconds, at least 0: the double Python's `timedelta.total_seconds()`
+    gives (whole microseconds over 10**6, correctly rounded), so bins match nightshift.stats."""
+    if _is_sqlite(conn):
+        micros = type_coerce(later, BigInteger()) - type_coerce(earlier, BigInteger())
+        return func.max(cast(micros, Float) / 1_000_000.0, 0.0)
+    return func.greatest(cast(func.extract("epoch", later - earlier), Float), 0.0)
+
+
+def _duration_bin(seconds: ColumnElement[float]) -> ColumnElement[Any]:
+    """nightshift.domain.histogram.duration_bin in SQL (NULL for NULL): the same constants and
+    the same steps (C `log`, a division, truncation of a positive value)."""
+    steps = func.ln(seconds / BIN_BASE) / LOG_RATIO
+    return case(
+        (seconds.is_(None), null()),
+        (seconds <= BIN_BASE, 0),
+        else_=1 + cast(func.floor(steps), Integer),
+    )
+
+
 def _floor(when: datetime, size_s: int) -> datetime:
     return _EPOCH + timedelta(seconds=int((when - _EPOCH).total_seconds() // size_s) * size_s)
 
@@ -110,32 +140,71 @@ class StatsStore:
         with self._tx.read() as conn:
             return conn.execute(select(func.min(runs.c.created_at))).scalar()
 
-    def run_events(
+    def run_figures(
         self,
+        size_s: int,
         since: datetime,
         until: datetime,
         *,
         app: str | None = None,
         exclude_app: str | None = None,
-    ) -> list[RunEvent]:
-        # One range scan per event column (each has its index), deduplicated by UNION: an OR
-        # of the three would read the whole table on SQLite.
-        columns = (
-            runs.c.id,
-            runs.c.app,
-            runs.c.status,
-            runs.c.created_at,
-            runs.c.started_at,
-            runs.c.finished_at,
-        )
+    ) -> tuple[list[StatsRow], list[tuple[str, datetime, int, int]]]:
+        # One grouped range scan per event column, each on its index: the database sums, and
+        # only one row per (app, bucket[, bin]) crosses to Python.
+        rows: dict[tuple[str, datetime], StatsRow] = {}
+        bins: list[tuple[str, datetime, int, int]] = []
+
+        def row(name: str, at: datetime) -> StatsRow:
+            found = rows.get((name, at))
+            if found is None:
+                found = rows[(name, at)] = StatsRow(at, name)
+            return found
+
         with self._tx.read() as conn:
-            sqlite = conn.dialect.name == "sqlite"
-            scope = _app_filter(runs.c.app, app, exclude_app, no_index=sqlite)
-            parts = [
-                select(*columns).where(column >= since, column < until, scope)
-                for column in (runs.c.created_at, runs.c.started_at, runs.c.finished_at)
-            ]
-            return [RunEvent(*row[1:]) for row in conn.execute(union(*parts))]
+            # On SQLite `app || ''` keeps the planner on the time index of the range.
+            scope = _app_filter(runs.c.app, app, exclude_app, no_index=_is_sqlite(conn))
+
+            def grouped(column, *figures, where=(), by=()):  # type: ignore[no-untyped-def]
+                at = _bucket(conn, column, size_s).label("bucket")
+                query = select(runs.c.app, at, *by, *figures).where(
+                    column >= since, column < until, scope, *where
+                )
+                return conn.execute(query.group_by(runs.c.app, at, *by))
+
+            for name, at, n in grouped(runs.c.created_at, func.count()):
+                row(name, at).created += n
+
+            wait = _seconds(conn, runs.c.started_at, runs.c.created_at)
+            figures = (func.count(), func.sum(wait), func.min(wait), func.max(wait))
+            for name, at, n, total, shortest, longest in grouped(runs.c.started_at, *figures):
+                r = row(name, at)
+                r.started += n
+                r.wait_sum += total
+                r.wait_min, r.wait_max = shortest, longest
+
+            took = _seconds(conn, runs.c.finished_at, runs.c.started_at)
+            index = _duration_bin(took).label("bin")  # NULL for a run that never started
+            figures = (
+                func.count(),
+                func.sum(case((runs.c.status == "succeeded", 1), else_=0)),
+                func.sum(case((runs.c.status == "failed", 1), else_=0)),
+                func.sum(took),
+                func.max(took),
+            )
+            executed = (runs.c.status.in_(list(EXECUTED)),)
+            for name, at, k, n, ok, bad, total, longest in grouped(
+                runs.c.finished_at, *figures, where=executed, by=(index,)
+            ):
+                r = row(name, at)
+                r.succeeded += ok
+                r.failed += bad
+                if k is not None:
+                    r.executions += n
+                    r.run_seconds += total
+                    if r.duration_max is None or longest > r.duration_max:
+                        r.duration_max = longest
+                    bins.append((name, at, int(k), n))
+        return list(rows.values()), bins
 
     def rolled_stats(
         self,
