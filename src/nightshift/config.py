@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     #: clocks of other machines) still land in live aggregation.
     stats_lag_s: float = Field(default=120.0, ge=0)
     stats_rollup_batch_minutes: int = Field(default=1440, ge=1)
+    #: A roll-up run takes further batches until it has caught up or spent this long: after an
+    #: upgrade onto a long history it catches up in minutes, not a day of history a minute.
+    stats_rollup_budget_s: float = Field(default=20.0, ge=0)
     #: /metrics: waiting-time and lateness histograms cover runs started in this window.
     metrics_window_s: float = Field(default=300.0, gt=0)
     metrics_sample_limit: int = Field(default=10_000, ge=1)

@@ -191,20 +191,36 @@ class StatsService:
 
     # -- the roll-up (a system job) -----------------------------------------------------------
     def roll_up(self) -> dict[str, Any]:
-        """Roll closed minutes up: from the watermark (or the first run) to `stats_lag_s` ago, at
-        most `stats_rollup_batch_minutes` at a time. Safe to run concurrently (compare-and-set)."""
+        """Roll closed minutes up: from the watermark (or the first run) to `stats_lag_s` ago, in
+        batches of at most `stats_rollup_batch_minutes`, until caught up or past
+        `stats_rollup_budget_s` (one batch at least). Safe to run concurrently (compare-and-set)."""
+        started = self.clock.monotonic()
+        done: dict[str, Any] = {"rolled_minutes": 0, "batches": 0, "rows": 0}
+        while step := self._roll_up_batch():
+            done["rolled_minutes"] += step["rolled_minutes"]
+            done["batches"] += 1
+            done["rows"] += step["rows"]
+            done["until"] = step["until"]
+            if self.clock.monotonic() - started >= self.settings.stats_rollup_budget_s:
+                break
+        return done
+
+    def _roll_up_batch(self) -> dict[str, Any] | None:
+        """One batch, in one transaction; None when nothing is closed or another roll-up moved
+        the watermark first."""
         previous = self.store.stats_watermark()
         frm = previous
         if frm is None:
             first = self.store.first_run_at()
             if first is None:
-                return {"rolled_minutes": 0}
+                return None
             frm = floor_time(first, 60)
         closed = floor_time(self.clock.now() - timedelta(seconds=self.settings.stats_lag_s), 60)
         to = min(closed, frm + timedelta(minutes=self.settings.stats_rollup_batch_minutes))
         if to <= frm:
-            return {"rolled_minutes": 0}
+            return None
         rows, bins = self.store.run_figures(60, frm, to)
-        moved = self.store.save_rollup(previous, to, rows, bins)
-        minutes = int((to - frm).total_seconds() // 60) if moved else 0
+        if not self.store.save_rollup(previous, to, rows, bins):
+            return None
+        minutes = int((to - frm).total_seconds() // 60)
         return {"rolled_minutes": minutes, "until": to.isoformat(), "rows": len(rows)}

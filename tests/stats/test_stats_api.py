@@ -135,7 +135,8 @@ def test_hourly_level_gives_the_live_figures(api, admin, settings) -> None:  # t
     live = [admin.get("/stats", params=q).json() for q in queries]
     assert sum(a["executions"] for a in live[2]["apps"]) == 40
     # Batches of 97 minutes: they end mid-hour and some close one hour, some two.
-    batched = settings.model_copy(update={"stats_rollup_batch_minutes": 97})
+    batch = {"stats_rollup_batch_minutes": 97, "stats_rollup_budget_s": 0}  # one batch a call
+    batched = settings.model_copy(update=batch)
     service = StatsService(store, FakeClock(at(13 * 3600)), batched)
     steps = 0
     while service.roll_up()["rolled_minutes"]:
@@ -148,6 +149,30 @@ def test_hourly_level_gives_the_live_figures(api, admin, settings) -> None:  # t
     with store.engine.connect() as conn:
         hours = conn.execute(select(func.count()).select_from(run_stats_hourly)).scalar()
     assert hours > 0
+
+
+def test_a_roll_up_takes_batches_until_caught_up_within_its_budget(api, settings) -> None:  # type: ignore[no-untyped-def]
+    """After an upgrade onto a long history, one roll-up run takes batch after batch until it
+    has caught up (or spent its time budget); what it writes is what batches one a call write."""
+    store = api.store
+    job = add_job(store, "shop", "sync", T0)
+    for n in range(30):  # a run every ~8 h over 10 days
+        add_run(store, job, at(n * 29_000), at(n * 29_000 + 3), at(n * 29_000 + 9), "succeeded")
+    clock = FakeClock(at(11 * 86_400))
+    daily = {"stats_rollup_batch_minutes": 1440}
+    one = StatsService(
+        store, clock, settings.model_copy(update={**daily, "stats_rollup_budget_s": 0})
+    )
+    first = one.roll_up()
+    assert first["batches"] == 1 and first["rolled_minutes"] == 1440
+    rest = StatsService(store, clock, settings.model_copy(update=daily)).roll_up()
+    assert rest["batches"] == 10  # the other 10 days and the last, partial one
+    assert first["rolled_minutes"] + rest["rolled_minutes"] == 11 * 1440 - 2
+    assert rest["until"].startswith("2026-03-13T08:58:00")
+    assert one.roll_up() == {"rolled_minutes": 0, "batches": 0, "rows": 0}
+    figures = one.stats("day", since=T0, until=clock.now())
+    assert sum(a["executions"] for a in figures["apps"]) == 30
+    assert figures["rolled_up_until"] == clock.now() - timedelta(minutes=2)
 
 
 def test_bins_counted_in_the_database_are_the_python_bins(api) -> None:  # type: ignore[no-untyped-def]
