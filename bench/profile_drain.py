@@ -1,7 +1,7 @@
 """Profile a drain with py-spy: where the CPU goes, by process, thread and function.
 
     .venv/bin/pip install py-spy        # not a project dependency
-    .venv/bin/python bench/profile_drain.py [--backend sqlite] [--n 5000] [--out /tmp/prof]
+    .venv/bin/python bench/profile_drain.py [--backend sqlite] [--n 5000] [--jobs 1] [--out /tmp/prof]
 
 Runs `bench_throughput.py --mode inprocess`, lets it enqueue, attaches
 `py-spy record --subprocesses --threads` (the python pool's children are followed as they
@@ -62,6 +62,8 @@ def record(args: argparse.Namespace, out: Path) -> Path:
             "inprocess",
             "--backend",
             args.backend,
+            "--jobs",
+            str(args.jobs),
             "--ready-file",
             str(ready),
         ]
@@ -145,6 +147,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backend", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--jobs", type=int, default=1, help="spread the runs over this many jobs")
     parser.add_argument("--rate", type=int, default=100, help="samples per second")
     parser.add_argument("--out", help="directory for the raw profile (default: a temp dir)")
     parser.add_argument("--summarise", help="only summarise this existing raw file")

@@ -11,7 +11,7 @@ from nightshift.domain.misfire import FirePlan, Skip
 from nightshift.domain.models import Overlap
 from nightshift.domain.status import RunStatus
 from nightshift.errors import Conflict, NotFound
-from nightshift.store import Completion, NewRun, RunProgress, SqlStore
+from nightshift.store import Completion, NewRun, RunProgress, SqlStore, open_store
 from tests.factories import make_job
 
 S = RunStatus
@@ -38,6 +38,40 @@ def test_jobs_round_trip_and_filters(store: SqlStore, clock: FakeClock) -> None:
         store.get_job(a.id)
     with pytest.raises(NotFound):
         store.delete_job(a.id)
+
+
+def test_a_claim_sees_every_change_to_its_job(store: SqlStore, clock: FakeClock) -> None:
+    """Claims read a job once and reuse it until the catalog changes: any change, made through
+    this store or another process's, shows in the next claim."""
+    now = clock.now()
+
+    def claim_a_run_of(job_id: int):  # type: ignore[no-untyped-def]
+        store.enqueue(NewRun(job_id=job_id, run_at=now), now)
+        (claimed,) = store.claim("w1", now, 30, 10, ["python"])
+        return claimed.job
+
+    job = store.create_job(make_job(now, config={"function": "m:a"}))
+    first = claim_a_run_of(job.id)
+    assert first.config == {"function": "m:a"}
+    assert claim_a_run_of(job.id) is first  # read once
+
+    store.update_job(job.id, {"config": {"function": "m:b"}, "timeout_s": 5.0})
+    changed = claim_a_run_of(job.id)
+    assert (changed.config, changed.timeout_s) == ({"function": "m:b"}, 5.0)
+
+    other_process = open_store(store.url, migrate=False)
+    try:
+        other_process.update_job(job.id, {"name": "renamed", "retries": {"max": 3}})
+    finally:
+        other_process.close()
+    renamed = claim_a_run_of(job.id)
+    assert (renamed.name, renamed.retries.max) == ("renamed", 3)
+
+    # Deleted, and another job created (SQLite may give it the same id).
+    store.delete_job(job.id)
+    new = store.create_job(make_job(now, name="new", config={"function": "m:c"}))
+    fresh = claim_a_run_of(new.id)
+    assert (fresh.id, fresh.name, fresh.config) == (new.id, "new", {"function": "m:c"})
 
 
 def test_deleting_a_job_deletes_its_runs_and_logs(store: SqlStore, clock: FakeClock) -> None:

@@ -43,6 +43,8 @@ class NewRun:
 @dataclass(slots=True)
 class ClaimedRun:
     run: Run
+    #: The job's definition as the claim saw it; its timer, hold and counters may be older
+    #: (the store reads a job once per change of the catalog, see sql.leases.JobCache).
     job: Job
 
 
