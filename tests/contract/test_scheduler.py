@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import update
 
 from nightshift.clock import FakeClock
 from nightshift.config import Settings
@@ -12,6 +13,7 @@ from nightshift.domain.status import RunStatus
 from nightshift.scheduler import Scheduler
 from nightshift.service import Service
 from nightshift.store import Completion, SqlStore
+from nightshift.store.tables import jobs
 from nightshift.worker.kinds.registry import build_executors
 
 S = RunStatus
@@ -118,6 +120,30 @@ def test_editing_a_job_keeps_its_timer_but_a_new_schedule_resets_it(
     assert edited.description == "new text"
     changed = service.update_job(j.id, {"schedule": "every 30s"})
     assert changed.next_fire_at == clock.now() + timedelta(seconds=30)
+
+
+def test_each_fire_follows_the_job_as_it_is_now(service, scheduler, store, clock) -> None:  # type: ignore[no-untyped-def]
+    """Ticks read a job's definition once per change of the catalog: an edit shows in the next
+    fire, and so does a row changed under a tick's statement (as a concurrent edit is on
+    PostgreSQL), which its updated_at gives away."""
+    j = job(service, schedule="every 10s", overlap="allow")
+
+    def next_fire_params() -> dict:  # type: ignore[type-arg]
+        clock.advance(10)
+        assert scheduler.tick() == 1
+        return store.list_runs(job_id=j.id, limit=1)[0].params
+
+    assert next_fire_params() == {}
+    service.update_job(j.id, {"config": {**FN, "params": {"n": 1}}})
+    assert next_fire_params() == {"n": 1}
+    assert next_fire_params() == {"n": 1}
+    with store.engine.begin() as conn:  # a change the catalog's version does not show
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == j.id)
+            .values(config={**FN, "params": {"n": 2}}, updated_at=clock.now())
+        )
+    assert next_fire_params() == {"n": 2}
 
 
 def test_app_schedules_off_records_nothing_and_on_resumes_without_burst(

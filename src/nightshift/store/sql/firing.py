@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import datetime
 from typing import Any
 
@@ -13,8 +14,8 @@ from nightshift.domain.models import Job
 from nightshift.domain.status import ACTIVE
 from nightshift.store.base import NewRun, Planner
 from nightshift.store.sql.catalog import schedulable
-from nightshift.store.sql.codec import job_from_row
 from nightshift.store.sql.engine import Dialect, Transactions, insert_or_ignore
+from nightshift.store.sql.job_cache import CATALOG_VERSION, JobCache, read_jobs
 from nightshift.store.sql.notify import RUNS, notify
 from nightshift.store.sql.prepared import Prepares
 from nightshift.store.sql.runs import NEW_RUN_COLUMNS, run_values
@@ -32,8 +33,10 @@ _active_runs = (
 
 
 def _due(dialect: str) -> Any:
+    # The definitions come from the JobCache: only what changes without a catalog bump, and
+    # updated_at, which tells a definition changed under this statement (see _due_jobs).
     query = (
-        select(*jobs.c, _active_runs)
+        select(jobs.c.id, jobs.c.next_fire_at, jobs.c.updated_at, _active_runs, CATALOG_VERSION)
         .where(schedulable, jobs.c.next_fire_at <= bindparam("now", type_=jobs.c.next_fire_at.type))
         .order_by(jobs.c.next_fire_at)
         .limit(bindparam("n"))
@@ -63,10 +66,11 @@ _FIRE = _inserting(*NEW_RUN_COLUMNS)
 class FiringStore:
     _tx: Transactions
     _dialect: Dialect
+    _job_cache: JobCache
 
     def fire_due(self, now: datetime, planner: Planner, limit: int) -> int:
         with self._tx.write() as conn:
-            due = [job_from_row(r) for r in _DUE.rows(conn, {"now": now, "n": limit})]
+            due = self._due_jobs(conn, _DUE.rows(conn, {"now": now, "n": limit}))
             plans = [(job, planner(job)) for job in due]
             if self._dialect.name == "postgresql":
                 plans = _replaceable(conn, plans)
@@ -76,6 +80,25 @@ class FiringStore:
                 _FIRE.many(conn, new_runs)  # one executemany (psycopg pipelines it)
                 notify(conn, RUNS)  # delivered at commit: workers wake as the runs appear
             return len(plans)
+
+    def _due_jobs(self, conn: Connection, rows: list[dict[str, Any]]) -> list[Job]:
+        """Each due job: its definition, with this statement's timer and count of active runs
+        (on a copy: the cache's jobs are shared). On PostgreSQL a row locked after a concurrent
+        update shows that update's columns, and the version the statement read before it: a
+        changed `updated_at` says so, and that job is read again."""
+        if not rows:
+            return []
+        known = self._job_cache.read(conn, rows[0]["version"], [r["id"] for r in rows])
+        changed = [r["id"] for r in rows if known[r["id"]].updated_at != r["updated_at"]]
+        if changed:
+            known = {**known, **read_jobs(conn, changed)}
+        due = []
+        for row in rows:
+            job = copy.copy(known[row["id"]])
+            job.next_fire_at, job.active_runs = row["next_fire_at"], row["active_runs"]
+            job.enabled, job.hold = True, None  # as `schedulable` found it
+            due.append(job)
+        return due
 
 
 # The runs a replacing fire stops or cancels, locked before anything is written, in the

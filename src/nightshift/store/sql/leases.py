@@ -7,7 +7,7 @@ attempt that replaced it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,18 +26,18 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-from nightshift.domain.models import CLAIM_ORDER, JSON, Job
+from nightshift.domain.models import CLAIM_ORDER, JSON
 from nightshift.domain.status import EXECUTING, RunStatus
 from nightshift.errors import Refused
 from nightshift.outage import one_line
 from nightshift.store.base import ClaimedRun, Completion, NewRun, RunProgress, SyncResult
-from nightshift.store.sql.catalog import SCHEDULE_VERSION
-from nightshift.store.sql.codec import encode_job_changes, job_from_row, run_from_row
+from nightshift.store.sql.codec import encode_job_changes, run_from_row
 from nightshift.store.sql.engine import Dialect, Transactions
+from nightshift.store.sql.job_cache import CATALOG_VERSION, JobCache
 from nightshift.store.sql.notify import RUNS, notify
 from nightshift.store.sql.prepared import Prepares, one_of
 from nightshift.store.sql.runs import insert_run, run_query
-from nightshift.store.tables import UtcDateTime, jobs, meta, run_logs, runs
+from nightshift.store.tables import UtcDateTime, jobs, run_logs, runs
 
 _EXECUTING = [str(s) for s in EXECUTING]
 _FINAL_FOR_PARENT = {"succeeded", "failed", "cancelled"}  # a stopped run may resume
@@ -95,54 +95,20 @@ def _claim_start(dialect: str) -> Any:
     still says hardly any run is pending, and the planner then reads and sorts the whole
     backlog for every claim instead of walking runs_claim in order (measured with 20,000
     pending: 10-17 ms per claim of 64, against 0.1 ms). The claim order is the index's order."""
-    version = select(meta.c.value).where(meta.c.key == SCHEDULE_VERSION).scalar_subquery()
     if dialect == "postgresql":
-        return select(version.label("version"), func.set_config("enable_sort", "off", True))
-    return select(version.label("version"))
+        return select(CATALOG_VERSION, func.set_config("enable_sort", "off", True))
+    return select(CATALOG_VERSION)
 
 
 _CLAIM_START = Prepares(_claim_start)
 _TAKE = Prepares(_take)
-_JOBS = Prepares(lambda dialect: select(jobs).where(one_of(jobs.c.id, "ids", dialect)))
 _HELD = Prepares(_held)
-
-
-class JobCache:
-    """The jobs of claimed runs, read once for as long as the catalog's version stands.
-
-    Every change to a job's definition (create, update, delete, an app deleted or its
-    schedules switched, holds released) bumps that version in the transaction that makes it,
-    and a claim reads it in its own: a claim never uses a definition older than its
-    transaction's view of the catalog. A job's timer, hold and counters (next_fire_at, hold, active_runs,
-    last_run_id) change without a bump: a claimed run's job does not keep them current, and
-    the worker does not read them. Runs of many jobs claim at the cost of runs of one
-    (bench/PROFILE.md, session 11)."""
-
-    MAX_JOBS = 4096
-
-    def __init__(self) -> None:
-        self._version: Any = None
-        self._jobs: dict[int, Job] = {}
-
-    def read(
-        self, version: Any, job_ids: Iterable[int], load: Callable[[list[int]], Iterable[Job]]
-    ) -> dict[int, Job]:
-        """The jobs of `job_ids` (and others): `load` reads those not cached at `version`."""
-        if version != self._version or len(self._jobs) > self.MAX_JOBS:
-            self._version, self._jobs = version, {}  # replaced, never cleared: a claim that
-            # is still reading the old one keeps it
-        jobs = self._jobs
-        missing = [i for i in job_ids if i not in jobs]
-        if missing:
-            for job in load(missing):
-                jobs[job.id] = job
-        return jobs
 
 
 class LeaseStore:
     _tx: Transactions
     _dialect: Dialect
-    _claim_jobs: JobCache
+    _job_cache: JobCache
 
     def claim(
         self, owner: str, now: datetime, lease_s: float, limit: int, kinds: Iterable[str]
@@ -171,11 +137,8 @@ class LeaseStore:
             # The batch comes back in two statements whatever its size, in the order chosen.
             taken = {"ids": chosen, "owner": owner, "now": now, "expires": expires}
             by_run = {r["id"]: r for r in _TAKE.rows(conn, taken)}
-            by_job = self._claim_jobs.read(
-                start["version"],
-                {r["job_id"] for r in by_run.values()},
-                lambda ids: map(job_from_row, _JOBS.rows(conn, {"ids": ids})),
-            )
+            job_ids = {r["job_id"] for r in by_run.values()}
+            by_job = self._job_cache.read(conn, start["version"], job_ids)
         claimed = []
         for run_id in chosen:
             row = by_run[run_id]

@@ -26,6 +26,7 @@ from sqlalchemy.sql.base import Executable
 
 Processor = Callable[[Any], Any] | None
 _REQUIRED = object()
+_NONE = object()  # no such encoding
 
 
 def one_of(column: Any, name: str, dialect: str, value: Any = _REQUIRED) -> Any:
@@ -50,10 +51,11 @@ class Prepared:
         by_name = {name: bind for bind, name in compiled.bind_names.items()}
         names = list(compiled.positiontup or ()) if compiled.positional else list(by_name)
         self._positional = compiled.positional
-        # (name, fixed value or _REQUIRED, processor, what the processor makes of None): values
-        # given at execution override. None is encoded once here: most optional values are
-        # None, and a JSON column would serialise each one again.
-        self._binds: list[tuple[str, Any, Processor, Any]] = []
+        # (name, fixed value or _REQUIRED, processor, what the processor makes of None, of {}
+        # for a JSON value): values given at execution override. None and {} are encoded once
+        # here: most optional values are None, most runs' params {}, and a JSON column would
+        # serialise each one again.
+        self._binds: list[tuple[str, Any, Processor, Any, Any]] = []
         for name in names:
             bind = by_name[name]
             process = bind.type.dialect_impl(dialect).bind_processor(dialect)
@@ -61,7 +63,8 @@ class Prepared:
             if not bind.required and bind.callable is None:  # a literal of the statement
                 fixed = process(bind.value) if process else bind.value
             none = process(None) if process is not None else None
-            self._binds.append((name, fixed, process, none))
+            empty = process({}) if process is not None and isinstance(bind.type, JSON) else _NONE
+            self._binds.append((name, fixed, process, none, empty))
         self._names = [b[0] for b in self._binds]
         self._dialect = dialect
         self._columns = list(getattr(statement, "exported_columns", ()))
@@ -70,15 +73,19 @@ class Prepared:
 
     def _encode(self, params: Mapping[str, Any]) -> Any:
         values = []
-        for name, fixed, process, none in self._binds:
+        for name, fixed, process, none, empty in self._binds:
             if fixed is not _REQUIRED and name not in params:
                 values.append(fixed)
                 continue
             value = params[name]
             if value is None:
                 values.append(none)
+            elif process is None:
+                values.append(value)
+            elif empty is not _NONE and value == {}:
+                values.append(empty)
             else:
-                values.append(process(value) if process is not None else value)
+                values.append(process(value))
         if self._positional:
             return tuple(values)
         return dict(zip(self._names, values, strict=True))

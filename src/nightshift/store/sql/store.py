@@ -9,7 +9,8 @@ from nightshift.store.sql.catalog import CatalogStore
 from nightshift.store.sql.control import ControlStore
 from nightshift.store.sql.engine import Transactions, make_engine
 from nightshift.store.sql.firing import FiringStore
-from nightshift.store.sql.leases import JobCache, LeaseStore
+from nightshift.store.sql.job_cache import JobCache
+from nightshift.store.sql.leases import LeaseStore
 from nightshift.store.sql.manage import ManageStore
 from nightshift.store.sql.runs import RunStore
 from nightshift.store.sql.stats import StatsStore
@@ -32,7 +33,7 @@ class SqlStore(
         self.url = url
         self.engine, self._dialect = make_engine(url, sqlite_synchronous=sqlite_synchronous)
         self._tx = Transactions(self.engine)
-        self._claim_jobs = JobCache()
+        self._job_cache = JobCache()  # claims' and ticks' (store.sql.job_cache)
 
     @property
     def dialect(self) -> str:
