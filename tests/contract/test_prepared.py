@@ -66,6 +66,34 @@ def test_claimed_runs_and_jobs_read_as_through_sqlalchemy(
     assert after.lease_owner is None
 
 
+def test_json_values_most_runs_hold_read_as_through_sqlalchemy(
+    store: SqlStore, clock: FakeClock
+) -> None:
+    """Empty params and absent result / state / error (JSON {} and null, decoded without the
+    parser) read as `Connection.execute` reads them, each run with a dict of its own; JSON that
+    merely starts like them is parsed."""
+    now = clock.now()
+    job = store.create_job(make_job(now))
+    plain = [store.enqueue(NewRun(job_id=job.id, run_at=now), now).id for _ in range(2)]
+    odd = store.enqueue(NewRun(job_id=job.id, run_at=now, params={"null": {}}, state="{}"), now)
+    claimed = {c.run.id: c.run for c in store.claim("w1", now, 30, 10, ["python"])}
+    with store.engine.connect() as conn:
+        rows = {r.id: r for r in conn.execute(select(runs).where(runs.c.id.in_(claimed)))}
+    for run_id, run in claimed.items():
+        row = rows[run_id]
+        assert (run.params, run.result, run.state, run.error) == (
+            row.params,
+            row.result,
+            row.state,
+            row.error,
+        )
+    a, b = (claimed[i] for i in plain)
+    assert a.params == {} and a.result is None and a.state is None and a.error is None
+    a.params["x"] = 1
+    assert b.params == {}
+    assert (claimed[odd.id].params, claimed[odd.id].state) == ({"null": {}}, "{}")
+
+
 def test_fixed_values_lists_and_named_parameters(store: SqlStore, clock: FakeClock) -> None:
     now = clock.now()
     job = store.create_job(make_job(now))
