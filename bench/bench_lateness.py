@@ -23,7 +23,10 @@ database:
 - per instant (medians over the window's instants): the first and the last start after the
   instant, and the starts per second between them - what bounds the last start of J runs due
   together (bench/PROFILE.md, session 10).
-`Scheduler.tick` is timed by a wrapper: ticks, fires per tick, ms per tick.
+`Scheduler.tick` is timed by a wrapper: ticks, fires per tick, ms per tick. CPU per fired run
+over the window, by part, is read from /proc (the service's threads, its store process, the
+pool's children, the other schedulers, PostgreSQL's server): on a 2-core machine a big instant
+is CPU-bound, and this says where (bench/PROFILE.md, session 11).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from typing import Any
 from bench_throughput import NOOP, CallStats
 from benchlib import (
     NIGHTSHIFT,
+    CpuMeter,
     Results,
     TempDatabase,
     add_common_args,
@@ -102,13 +106,24 @@ def run(backend: str, jobs: int, duration: int, schedulers: int, results: Result
         window: dict[str, datetime] = {}
         load_before = load1()
 
+        calls = runtime.worker.calls
+        meter = CpuMeter(
+            {
+                "store process": lambda: getattr(calls, "pid", None),
+                "other schedulers": lambda: [p.pid for p in extra],
+            }
+        )
+
         async def serve() -> None:
             serving = asyncio.create_task(runtime.serve())
             w0 = whole_second_after(max(start_at, datetime.now(UTC) + timedelta(seconds=2)))
             w1 = w0 + timedelta(seconds=duration)
             window.update(start=w0, end=w1)
             print(f"  window {w0:%H:%M:%S} .. {w1:%H:%M:%S} UTC", flush=True)
+            await asyncio.sleep((w0 - datetime.now(UTC)).total_seconds())
+            meter.start()
             await asyncio.sleep((w1 - datetime.now(UTC)).total_seconds())
+            meter.stop()
             deadline = time.monotonic() + GRACE_S
             while time.monotonic() < deadline:
                 if await asyncio.to_thread(unfinished, runtime.store.engine, w1) == 0:
@@ -135,6 +150,7 @@ def run(backend: str, jobs: int, duration: int, schedulers: int, results: Result
             create_s=round(create_s, 2),
             load1_before=load_before,
             ticks=tick_summary,
+            cpu_us_per_run=meter.per_job_us(jobs * duration),
             **context,
         )
 

@@ -347,7 +347,7 @@ class CpuMeter:
 
     def __init__(self, named: dict[str, Any] | None = None) -> None:
         #: Child processes counted apart from the pool's: part name -> a function giving the
-        #: PID (e.g. the worker's store process).
+        #: PID or PIDs (e.g. the worker's store process).
         self.named = named or {}
         self._tick = os.sysconf("SC_CLK_TCK")
         self._start: dict[str, float] = {}
@@ -391,10 +391,10 @@ class CpuMeter:
                 up, seen = parents.get(up), seen + 1
             if up == me:
                 mine.add(pid)
-        apart = {name: pid() for name, pid in self.named.items()}
-        for name, pid in apart.items():
-            if pid is not None:
-                out[name] = self._proc_cpu(f"/proc/{pid}/stat")
+        for name, pids in self.named.items():
+            found = pids()
+            for pid in [found] if isinstance(found, int) else found or ():
+                out[name] = out.get(name, 0.0) + self._proc_cpu(f"/proc/{pid}/stat")
                 mine.discard(pid)
         for part, pids in (("pool children", mine), ("postgresql server", postgres)):
             for pid in pids:

@@ -1,7 +1,8 @@
 """Profile a drain with py-spy: where the CPU goes, by process, thread and function.
 
     .venv/bin/pip install py-spy        # not a project dependency
-    .venv/bin/python bench/profile_drain.py [--backend sqlite] [--n 5000] [--jobs 1] [--out /tmp/prof]
+    .venv/bin/python bench/profile_drain.py [--backend sqlite] [--n 5000] [--jobs 1]
+                                            [--out /tmp/prof]
 
 Runs `bench_throughput.py --mode inprocess`, lets it enqueue, attaches
 `py-spy record --subprocesses --threads` (the python pool's children are followed as they

@@ -53,6 +53,13 @@ def _yes(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
 
+def _cpu_row(bench: str, backend: str, work: str, figure: str, cpu: dict, load: str) -> list:  # type: ignore[type-arg]
+    """CPU per item by part (`CpuMeter.per_job_us`), as one row."""
+    parts = ", ".join(f"{k} {v}" for k, v in cpu.items() if k != "total")
+    figures = f"{cpu['total']} in all: {parts}"
+    return [bench, backend, work, f"{figure} (µs, from /proc)", figures, "-", "-", load]
+
+
 def rows_for(row: dict[str, Any]) -> list[list[str]]:
     """Table rows: benchmark, backend, workload, figure, result, target, met, load."""
     bench, backend, f = row["bench"], row["backend"], row["figures"]
@@ -105,19 +112,7 @@ def rows_for(row: dict[str, Any]) -> list[list[str]]:
             ]
         )
         if cpu := row.get("cpu_us_per_job"):
-            parts = ", ".join(f"{k} {v}" for k, v in cpu.items() if k != "total")
-            out.append(
-                [
-                    bench,
-                    backend,
-                    work,
-                    "CPU per job, steady drain (µs, from /proc)",
-                    f"{cpu['total']} in all: {parts}",
-                    "-",
-                    "-",
-                    load,
-                ]
-            )
+            out.append(_cpu_row(bench, backend, work, "CPU per job, steady drain", cpu, load))
     elif bench == "lateness":
         work = f"{row['jobs']:,} x every 1s for {row['duration_s']} s"
         if row.get("schedulers", 1) > 1:
@@ -163,6 +158,8 @@ def rows_for(row: dict[str, Any]) -> list[list[str]]:
                     load,
                 ]
             )
+        if cpu := row.get("cpu_us_per_run"):
+            out.append(_cpu_row(bench, backend, work, "CPU per fired run, window", cpu, load))
         out.append(
             [
                 bench,
