@@ -9,16 +9,15 @@ finished.
 Whole minutes older than the roll-up watermark are read from `run_stats` (summed per bucket in
 SQL); newer ones are summed live from the runs' timestamps by `Store.run_figures`, per bucket in
 SQL too. The roll-up stores what `run_figures` gives per minute, so it holds exactly what live
-aggregation gives. The roll-up also writes, for each hour it
-closes, that hour's sums of its minute rows (`run_stats_hourly`, `run_stats_hist_hourly`): hour
-and day buckets read whole hours from there and only the last, unfinished hour from minute rows,
-so a day costs 24 rows per app instead of 1,440 (and ~500 histogram rows instead of ~30,000).
+aggregation gives. The roll-up also writes, for each hour it closes, that hour's sums of its
+minute rows (`run_stats_hourly`, `run_stats_hist_hourly`): hour and day buckets read whole hours
+from there and only the last, unfinished hour from minute rows, so a day costs 24 rows per app
+instead of 1,440 (and ~500 histogram rows instead of ~30,000).
 
 The p95 of durations comes from a histogram of fixed log-spaced bins (ratio 2**0.25 from 1 ms,
-nightshift.domain.histogram):
-the reported value is the geometric middle of the bin holding the nearest-rank p95, capped at the
-bucket's longest duration, so it is within 9 % of the exact figure (or 1 ms below one
-millisecond).
+nightshift.domain.histogram): the reported value is the geometric middle of the bin holding the
+nearest-rank p95, capped at the bucket's longest duration, so it is within 9 % of the exact
+figure (or 1 ms below one millisecond).
 """
 
 from __future__ import annotations

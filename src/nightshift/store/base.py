@@ -44,7 +44,7 @@ class NewRun:
 class ClaimedRun:
     run: Run
     #: The job's definition as the claim saw it; its timer, hold and counters may be older
-    #: (the store reads a job once per change of the catalog, see sql.leases.JobCache).
+    #: (the store reads a job once per change of the catalog: store.sql.job_cache).
     job: Job
 
 

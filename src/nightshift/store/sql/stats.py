@@ -84,7 +84,7 @@ def _is_sqlite(conn: Connection) -> bool:
 
 def _seconds(conn: Connection, later, earlier) -> ColumnElement[float]:  # type: ignore[no-untyped-def]
     """`later - earlier` in seconds, at least 0: the double Python's `timedelta.total_seconds()`
-    gives (whole microseconds over 10**6, correctly rounded), so bins match nightshift.stats."""
+    gives (whole microseconds over 10**6, correctly rounded), so bins match the histogram's."""
     if _is_sqlite(conn):
         micros = type_coerce(later, BigInteger()) - type_coerce(earlier, BigInteger())
         return func.max(cast(micros, Float) / 1_000_000.0, 0.0)
