@@ -36,6 +36,11 @@ from nightshift.store.sql.prepared import Prepares
 from nightshift.store.tables import apps, jobs, meta, runs
 
 SCHEDULE_VERSION = "schedule_version"
+# The catalog's version: every change to a job's definition bumps it (_bump_version). Schedulers
+# poll it; the job cache (store.sql.job_cache) reads it as a column of its own statements, in
+# the same snapshot as the rows it vouches for.
+_VERSION = select(meta.c.value).where(meta.c.key == SCHEDULE_VERSION)
+CATALOG_VERSION = _VERSION.scalar_subquery().label("version")
 
 _last_run = (
     select(func.max(runs.c.id))
@@ -222,9 +227,7 @@ class CatalogStore:
 
     def schedule_version(self) -> int:
         with self._tx.read() as conn:
-            value = conn.execute(
-                select(meta.c.value).where(meta.c.key == SCHEDULE_VERSION)
-            ).scalar()
+            value = conn.execute(_VERSION).scalar()
         return int(value or 0)
 
 

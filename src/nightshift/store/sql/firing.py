@@ -13,9 +13,9 @@ from nightshift.domain.misfire import FirePlan, Skip
 from nightshift.domain.models import Job
 from nightshift.domain.status import ACTIVE
 from nightshift.store.base import NewRun, Planner
-from nightshift.store.sql.catalog import schedulable
+from nightshift.store.sql.catalog import CATALOG_VERSION, schedulable
 from nightshift.store.sql.engine import Dialect, Transactions, insert_or_ignore
-from nightshift.store.sql.job_cache import CATALOG_VERSION, JobCache, read_jobs
+from nightshift.store.sql.job_cache import JobCache, read_jobs
 from nightshift.store.sql.notify import RUNS, notify
 from nightshift.store.sql.prepared import Prepares
 from nightshift.store.sql.runs import NEW_RUN_COLUMNS, run_values

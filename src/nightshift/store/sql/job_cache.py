@@ -9,16 +9,10 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from nightshift.domain.models import Job
-from nightshift.store.sql.catalog import SCHEDULE_VERSION
 from nightshift.store.sql.codec import job_from_row
 from nightshift.store.sql.prepared import Prepares, one_of
-from nightshift.store.tables import jobs, meta
+from nightshift.store.tables import jobs
 
-#: The catalog's version, as a column of the statement that reads it: in the same snapshot as
-#: the rows it vouches for.
-CATALOG_VERSION = (
-    select(meta.c.value).where(meta.c.key == SCHEDULE_VERSION).scalar_subquery().label("version")
-)
 _JOBS = Prepares(lambda dialect: select(jobs).where(one_of(jobs.c.id, "ids", dialect)))
 
 

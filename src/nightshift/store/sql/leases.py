@@ -31,9 +31,10 @@ from nightshift.domain.status import EXECUTING, RunStatus
 from nightshift.errors import Refused
 from nightshift.outage import one_line
 from nightshift.store.base import ClaimedRun, Completion, NewRun, RunProgress, SyncResult
+from nightshift.store.sql.catalog import CATALOG_VERSION
 from nightshift.store.sql.codec import encode_job_changes, run_from_row
 from nightshift.store.sql.engine import Dialect, Transactions
-from nightshift.store.sql.job_cache import CATALOG_VERSION, JobCache
+from nightshift.store.sql.job_cache import JobCache
 from nightshift.store.sql.notify import RUNS, notify
 from nightshift.store.sql.prepared import Prepares, one_of
 from nightshift.store.sql.runs import insert_run, run_query
