@@ -20,6 +20,7 @@ from nightshift.domain.status import RunStatus
 from nightshift.service import Service
 from nightshift.store import SqlStore
 from nightshift.store.tables import runs
+from nightshift.worker import worker as worker_module
 from nightshift.worker.executor import Outcome, Task
 from nightshift.worker.kinds.registry import build_executors
 from nightshift.worker.store_process import store_calls
@@ -353,6 +354,37 @@ async def test_queue_overlap_runs_one_after_the_other(rig, store, tmp_path) -> N
     a, b = store.get_run(first.id), store.get_run(second.id)
     assert a.status == S.SUCCEEDED
     assert b.started_at >= a.finished_at  # queued behind the first, never in parallel
+
+
+async def test_runs_announced_while_a_claim_is_under_way_start_at_once(
+    rig, store, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A scheduler's batch can commit after a claim's snapshot and announce itself before
+    that claim answers "nothing due" (the last batch of a big instant did, on PostgreSQL).
+    The announcement wins: the worker looks again at once, not at its next poll."""
+    service, worker = rig
+    monkeypatch.setattr(worker_module, "POLL_S", 60.0)  # what a lost wake-up would cost
+    job = py(service, "ok")
+    announced: list[int] = []
+    call = worker._call
+
+    async def claim_then_announce(name: str, *args: object) -> object:
+        result = await call(name, *args)
+        if name == "claim_slots" and not announced:
+            # Nothing was due for this claim; a run is committed and announced (wake())
+            # before the worker has read its answer.
+            announced.append(service.run_now(job.id).id)
+        return result
+
+    monkeypatch.setattr(worker, "_call", claim_then_announce)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(worker.run(stop))
+    try:
+        await until(lambda: bool(announced) and store.get_run(announced[0]).finished_at)
+    finally:
+        stop.set()
+        await runner
+    assert store.get_run(announced[0]).status == S.SUCCEEDED
 
 
 # -- runs claimed ahead of the processes (worker_prefetch) ----------------------------------

@@ -60,6 +60,7 @@ class Worker:
         #: worth another claim; `wake()`, the poll and the next due run do.
         self._dry: set[str] = set()
         self._urgent = False  # new work was announced: claim it now, whatever the batch size
+        self._wakes = 0  # wake() calls so far: tells a claim whether one came while it ran
         self._run_s: float | None = None  # recent python execution time (moving average)
         self._completions: asyncio.Queue[tuple[Completion, RunChannel]] = asyncio.Queue()
         self._background: list[asyncio.Task[None]] = []
@@ -127,6 +128,7 @@ class Worker:
         """New runs may be due (a local enqueue, a NOTIFY): look for every kind again."""
         self._dry.clear()
         self._urgent = True
+        self._wakes += 1
         self._wake.set()
 
     async def run_once(self) -> bool:
@@ -227,15 +229,18 @@ class Worker:
             return started
         slots = [(kinds.split(","), limit) for kinds, limit in groups.items()]
         self._urgent = False
+        wakes = self._wakes
         claimed = await self._call(
             "claim_slots", self.owner, self.clock.now(), self.settings.lease_s, slots
         )
         got = {str(item.run.kind) for item in claimed}
         for group in groups:
-            if got.isdisjoint(group.split(",")):
-                self._dry.add(group)  # nothing due: not again until a wake or the next due run
-            else:
+            if not got.isdisjoint(group.split(",")):
                 self._dry.discard(group)
+            elif self._wakes == wakes:
+                self._dry.add(group)  # nothing due: not again until a wake or the next due run
+            # else new runs were announced while the claim ran (a scheduler's batch committed
+            # after its snapshot): its "nothing due" is already out of date, look again.
         for item in claimed:
             started.add(self._start(item))
         return started
