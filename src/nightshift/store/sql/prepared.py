@@ -39,6 +39,14 @@ def one_of(column: Any, name: str, dialect: str, value: Any = _REQUIRED) -> Any:
     return column.in_(select(each.c.value))
 
 
+#: PostgreSQL, for the rest of the transaction: walk an index in its order rather than read and
+#: sort every match. The planner works from table statistics, and queues and timers outrun
+#: them (ANALYZE runs at most once a minute): it then expects a handful of matches where there
+#: are thousands, and reads and sorts them all to return the first few. Claims and the
+#: scheduler's due jobs take the first rows in an index's order (leases.py, firing.py).
+IN_INDEX_ORDER = func.set_config("enable_sort", "off", True)
+
+
 def _json_shortcuts(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """A JSON column's result processor, with the two texts most values are decoded without
     the JSON parser: a run's `params` is mostly {}, its `result`, `state` and `error` mostly
