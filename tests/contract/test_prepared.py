@@ -256,6 +256,25 @@ def test_runs_are_found_by_time_through_the_partial_time_indexes(
     assert found == sorted(expected)
 
 
+def _explained(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[str]:
+    """Replace the module's prepared statement `name` by one that is first explained in the
+    same transaction; returns the list its plans are appended to."""
+    plans: list[str] = []
+    statement = getattr(module, name)
+
+    class Explained:
+        def rows(self, conn: Any, params: dict[str, Any]) -> list[dict[str, Any]]:
+            prepared = statement.on(conn)
+            explain = "EXPLAIN QUERY PLAN " if conn.dialect.name == "sqlite" else "EXPLAIN "
+            cursor = conn.connection.dbapi_connection.cursor()
+            cursor.execute(explain + prepared.sql, prepared._encode(params))
+            plans.append("\n".join(str(row) for row in cursor.fetchall()))
+            return statement.rows(conn, params)
+
+    monkeypatch.setattr(module, name, Explained())
+    return plans
+
+
 def test_a_claim_walks_the_claim_index_in_order_whatever_the_statistics_say(
     store: SqlStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -268,21 +287,7 @@ def test_a_claim_walks_the_claim_index_in_order_whatever_the_statistics_say(
     store.enqueue_many([NewRun(job_id=job.id, run_at=now) for _ in range(20_000)], now)
     now += timedelta(seconds=1)
 
-    plans: list[str] = []
-    candidates = leases._CANDIDATES
-
-    class Explained:
-        """The claim's candidate query, explained in the claim's own transaction first."""
-
-        def rows(self, conn: object, params: dict[str, object]) -> list[dict[str, object]]:
-            prepared = candidates.on(conn)  # type: ignore[arg-type]
-            explain = "EXPLAIN QUERY PLAN " if store.dialect == "sqlite" else "EXPLAIN "
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[attr-defined]
-            cursor.execute(explain + prepared.sql, prepared._encode(params))
-            plans.append("\n".join(str(row) for row in cursor.fetchall()))
-            return candidates.rows(conn, params)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(leases, "_CANDIDATES", Explained())
+    plans = _explained(monkeypatch, leases, "_CANDIDATES")
     claimed = store.claim("w1", now, 30, 64, ["python"])
     (plan,) = plans
     assert "runs_claim" in plan, plan
@@ -304,24 +309,10 @@ def test_a_tick_walks_the_due_index_in_order_whatever_the_statistics_say(
         [make_job(now, name=f"j{i}", schedule="every 1m", next_fire_at=slot) for i in range(4000)]
     )
 
-    plans: list[str] = []
-    due = firing._DUE
-
-    class Explained:
-        """The due-jobs query, explained in the tick's own transaction first."""
-
-        def rows(self, conn: object, params: dict[str, object]) -> list[dict[str, object]]:
-            prepared = due.on(conn)  # type: ignore[arg-type]
-            explain = "EXPLAIN QUERY PLAN " if store.dialect == "sqlite" else "EXPLAIN "
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[attr-defined]
-            cursor.execute(explain + prepared.sql, prepared._encode(params))
-            plans.append("\n".join(str(row) for row in cursor.fetchall()))
-            return due.rows(conn, params)  # type: ignore[arg-type]
-
     def plan(_job):  # type: ignore[no-untyped-def]
         return FirePlan(runs=[(slot, slot)], next_fire_at=slot + timedelta(minutes=1))
 
-    monkeypatch.setattr(firing, "_DUE", Explained())
+    plans = _explained(monkeypatch, firing, "_DUE")
     assert store.fire_due(now, plan, 64) == 64
     (explained,) = plans
     assert "jobs_due" in explained, explained
