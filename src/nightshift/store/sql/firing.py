@@ -24,19 +24,13 @@ from nightshift.store.tables import jobs, runs
 # The statuses as constants of the text (our own, quoted): a prepared statement has no
 # expanding IN, and the planner sees the same list as before.
 _ACTIVE = [literal_column(f"'{s}'") for s in ACTIVE]
-_active_runs = (
-    select(func.count())
-    .where(runs.c.job_id == jobs.c.id, runs.c.status.in_(_ACTIVE))
-    .scalar_subquery()
-    .label("active_runs")
-)
 
 
 def _due(dialect: str) -> Any:
     # The definitions come from the JobCache: only what changes without a catalog bump, and
     # updated_at, which tells a definition changed under this statement (see _due_jobs).
-    query = (
-        select(jobs.c.id, jobs.c.next_fire_at, jobs.c.updated_at, _active_runs, CATALOG_VERSION)
+    due = (
+        select(jobs.c.id, jobs.c.next_fire_at, jobs.c.updated_at)
         .where(schedulable, jobs.c.next_fire_at <= bindparam("now", type_=jobs.c.next_fire_at.type))
         .order_by(jobs.c.next_fire_at)
         .limit(bindparam("n"))
@@ -45,8 +39,21 @@ def _due(dialect: str) -> Any:
         # Several schedulers split the due jobs; a job another one holds is its to fire.
         # NO KEY UPDATE (key_share): the lock schedulers need among themselves, which does
         # not clash with the key-share lock of a transaction inserting a run of the job.
-        query = query.with_for_update(skip_locked=True, key_share=True, of=jobs)
-    return query
+        due = due.with_for_update(skip_locked=True, key_share=True, of=jobs)
+    taken = due.subquery("due")
+    # Counted for the jobs taken only: in the same SELECT as the lock, PostgreSQL counted the
+    # runs of every row it then skipped as another scheduler's (three schedulers: 69,050
+    # counts for 11,001 fires, against 17,369 with one).
+    active_runs = (
+        select(func.count())
+        .where(runs.c.job_id == taken.c.id, runs.c.status.in_(_ACTIVE))
+        .scalar_subquery()
+        .label("active_runs")
+    )
+    # No ORDER BY out here: a sort node for the batch (see _IN_ORDER); _due_jobs orders it.
+    return select(
+        taken.c.id, taken.c.next_fire_at, taken.c.updated_at, active_runs, CATALOG_VERSION
+    )
 
 
 def _inserting(*columns: str) -> Prepares:
@@ -96,6 +103,7 @@ class FiringStore:
         changed `updated_at` says so, and that job is read again."""
         if not rows:
             return []
+        rows.sort(key=lambda row: row["next_fire_at"])  # as taken; SQL does not promise it
         known = self._job_cache.read(conn, rows[0]["version"], [r["id"] for r in rows])
         changed = [r["id"] for r in rows if known[r["id"]].updated_at != r["updated_at"]]
         if changed:
