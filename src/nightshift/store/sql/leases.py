@@ -77,10 +77,13 @@ def _take(dialect: str) -> Any:
 
 
 def _held(dialect: str) -> Any:
+    """The runs of a batch still leased to their owner. Their status is checked by the caller:
+    given the statuses, PostgreSQL's custom plans read the partial index runs_lease (its
+    predicate) instead of the primary key, walking the entries every finished run leaves there
+    until vacuum (~4,000-5,000 a batch, 0.5 ms against 0.06 ms)."""
     query = (
-        select(runs.c.id, runs.c.job_id, runs.c.parent_id, runs.c.exclusive)
+        select(runs.c.id, runs.c.job_id, runs.c.parent_id, runs.c.exclusive, runs.c.status)
         .where(one_of(runs.c.id, "ids", dialect), runs.c.lease_owner == bindparam("owner"))
-        .where(one_of(runs.c.status, "executing", dialect, _EXECUTING))
         .order_by(runs.c.id)  # one lock order for every writer: no deadlock between them
     )
     return query.with_for_update(key_share=True) if dialect == "postgresql" else query
@@ -437,7 +440,7 @@ def _complete_many(
     for owner in {c.owner for c in completions}:
         ids = [c.run_id for c in completions if c.owner == owner]
         rows = _HELD.rows(conn, {"ids": ids, "owner": owner})
-        held.update((row["id"], row) for row in rows)
+        held.update((row["id"], row) for row in rows if row["status"] in _EXECUTING)
     mine = [c for c in completions if c.run_id in held]
     if not mine:
         return [False] * len(completions)
