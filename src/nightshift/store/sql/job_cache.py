@@ -30,17 +30,19 @@ class JobCache:
     MAX_JOBS = 4096
 
     def __init__(self) -> None:
-        self._version: Any = None
-        self._jobs: dict[int, Job] = {}
+        # The version and its jobs, replaced together in one assignment: readers on other
+        # threads (a claim, a tick) see a pair, never one version with another's jobs.
+        self._state: tuple[Any, dict[int, Job]] = (None, {})
 
     def read(self, conn: Connection, version: Any, job_ids: Iterable[int]) -> dict[int, Job]:
         """The jobs of `job_ids` (and maybe others), as of `version`, which `conn`'s
         transaction read: those not cached are read through it. Shared objects: never
         change them."""
-        if version != self._version or len(self._jobs) > self.MAX_JOBS:
+        seen, cached = self._state
+        if version != seen or len(cached) > self.MAX_JOBS:
             # Replaced, never cleared: a reader still holding the old one keeps it whole.
-            self._version, self._jobs = version, {}
-        cached = self._jobs
+            cached = {}
+            self._state = (version, cached)
         missing = [i for i in job_ids if i not in cached]
         if missing:
             cached.update(read_jobs(conn, missing))
