@@ -33,6 +33,8 @@ from nightshift.worker.store_process import store_calls
 from nightshift.worker.worker import Worker
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import uvicorn  # the api role imports it (serve): a worker or scheduler never does
 
 log = logging.getLogger("nightshift")
@@ -156,7 +158,8 @@ class Runtime:
             log.info("reloaded: %d STOPped job(s) released", report.released)
             return report
 
-    async def serve(self) -> None:
+    async def serve(self, started: Callable[[], None] | None = None) -> None:
+        """Run the roles until `request_stop()`; `started` is called once they all run."""
         loop = self._loop = asyncio.get_running_loop()
         console.install()  # the console log the API shows (GET /api/v1/logs/console)
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -196,6 +199,8 @@ class Runtime:
         # of the collector's sight, a full collection took 40-54 ms every ~2 s under load
         # instead, stalling the loop (bench/PROFILE.md, session 7).
         gc.freeze()
+        if started is not None:
+            started()
         log.info(
             "nightshift %s: %s on %s, http://%s:%s",
             "+".join(self.roles),

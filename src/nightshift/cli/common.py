@@ -35,30 +35,38 @@ def friendly(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from nightshift.client import ApiError, Unreachable
-
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
         except typer.Abort:  # "no" to a confirmation, or Ctrl-C at its prompt
             raise fail("aborted", 1) from None
-        except Unreachable as exc:
-            if exc.reason == "no answer in time":
-                raise fail(f"{exc.url} did not answer in time", 1) from None
-            raise fail(f"cannot reach {exc.url} (is `nightshift up` running?)", 1) from None
-        except ApiError as exc:
-            raise _api_failure(exc) from None
-        except (InvalidInput, ValidationError) as exc:
-            raise fail(_one_line(exc)) from None
-        except NightshiftError as exc:
-            raise fail(str(exc), 1) from None
         except Exception as exc:
-            if os.environ.get("NIGHTSHIFT_DEBUG"):
+            failure = _failure(exc)
+            if failure is None and os.environ.get("NIGHTSHIFT_DEBUG"):
                 raise
-            raise fail(f"{type(exc).__name__}: {exc}", 1) from None
+            raise (failure or fail(f"{type(exc).__name__}: {exc}", 1)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _failure(exc: Exception) -> typer.Exit | None:
+    """The line and status for an error a user can cause; None for any other."""
+    # Imported once something failed: httpx takes ~45 ms, which `nightshift up` and
+    # `nightshift worker` spent before they started their fork server.
+    from nightshift.client import ApiError, Unreachable
+
+    if isinstance(exc, Unreachable):
+        if exc.reason == "no answer in time":
+            return fail(f"{exc.url} did not answer in time", 1)
+        return fail(f"cannot reach {exc.url} (is `nightshift up` running?)", 1)
+    if isinstance(exc, ApiError):
+        return _api_failure(exc)
+    if isinstance(exc, InvalidInput | ValidationError):
+        return fail(_one_line(exc))
+    if isinstance(exc, NightshiftError):
+        return fail(str(exc), 1)
+    return None
 
 
 def _api_failure(exc: Any) -> typer.Exit:

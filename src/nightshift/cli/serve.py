@@ -6,6 +6,7 @@ Every flag mirrors a NIGHTSHIFT_* variable (shown in --help).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 from datetime import datetime
@@ -60,19 +61,29 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations log only when they fail
 
 
-def _serve(settings: Settings, roles: tuple[str, ...]) -> None:
+def _serve(roles: tuple[str, ...], **overrides: Any) -> None:
+    # No cyclic collection during start-up: importing and building the service allocate
+    # ~120,000 objects that live as long as the process, and the collections that set off
+    # found next to nothing to free (under 1,000 objects) for 45-50 ms of a ~410 ms import.
+    # The runtime freezes what start-up built, then the collector runs again (`started`).
+    gc.disable()
     if "worker" in roles:
         from nightshift.worker import forkserver
 
-        forkserver.start()  # it imports the worker's child code while we import the service's
+        # Before anything else: it imports the code of the worker's processes on the other
+        # core while we import the service's, and they wait for it when they start. Both
+        # changes together brought the first claim 50-60 ms sooner (bench/PROFILE.md, session
+        # 13). Settings found invalid below just leave it to exit with us.
+        forkserver.start()
 
+    settings = _settings(**overrides)
     from nightshift.runtime import Runtime
 
     _setup_logging(settings.log_level)
 
     async def main() -> None:
         runtime = Runtime(settings, roles=roles)
-        await runtime.serve()
+        await runtime.serve(started=gc.enable)
 
     asyncio.run(main())
 
@@ -85,8 +96,8 @@ def up(
     database_url: DbOpt = None,
 ) -> None:
     """Run everything in one process: API, dashboard, scheduler and workers."""
-    settings = _settings(imports=imports, host=host, port=port, database_url=database_url)
-    _serve(settings, ("api", "scheduler", "worker"))
+    roles = ("api", "scheduler", "worker")
+    _serve(roles, imports=imports, host=host, port=port, database_url=database_url)
 
 
 @friendly
@@ -97,20 +108,19 @@ def api(
     database_url: DbOpt = None,
 ) -> None:
     """Run only the REST API (and dashboard)."""
-    settings = _settings(imports=imports, host=host, port=port, database_url=database_url)
-    _serve(settings, ("api",))
+    _serve(("api",), imports=imports, host=host, port=port, database_url=database_url)
 
 
 @friendly
 def scheduler(imports: ImportOpt = None, database_url: DbOpt = None) -> None:
     """Run only the scheduler: due fires become runs."""
-    _serve(_settings(imports=imports, database_url=database_url), ("scheduler",))
+    _serve(("scheduler",), imports=imports, database_url=database_url)
 
 
 @friendly
 def worker(imports: ImportOpt = None, database_url: DbOpt = None) -> None:
     """Run only a worker: claim runs and execute them."""
-    _serve(_settings(imports=imports, database_url=database_url), ("worker",))
+    _serve(("worker",), imports=imports, database_url=database_url)
 
 
 @schedule_app.command("preview")
