@@ -1,6 +1,6 @@
 """Throughput: enqueue N no-op python jobs, then drain them with the default worker settings.
 
-    .venv/bin/python bench/bench_throughput.py [--n 20000] [--backend sqlite] [--mode both]
+    .venv/bin/python bench/bench_throughput.py [--n 20000] [--backend sqlite] [--mode all]
                                                [--jobs 1]
 
 Enqueue goes through `Service.run_now`, one call per run (one write transaction plus a read of
@@ -27,7 +27,10 @@ and the targets, are runs of one job).
 
 Drain, mode `subprocess`: `nightshift up` started as a process against the prepared database,
 polled every 50 ms from here (as the peer harness polls its peers) until no run of the job is
-pending or running.
+pending or running. Mode `worker`: the same with `nightshift worker`, the process a deployment
+runs to execute jobs. It is what the harness starts of its peers (their worker processes, no
+scheduler and no web server), so it is the like-for-like row; `nightshift up` adds the API's
+start-up. `both` is inprocess and subprocess, `all` the three.
 
 Both end with a durability check from a fresh connection: the job's succeeded runs must number
 N, each with started_at and finished_at (finished >= started), and nothing else left.
@@ -320,7 +323,14 @@ def run_inprocess(
 # -- subprocess -----------------------------------------------------------------------------
 
 
-def run_subprocess(backend: str, n: int, results: Results, timeout_s: float) -> None:
+#: The processes a subprocess mode starts, and how its rows name them.
+COMMANDS = {"subprocess": "up", "worker": "worker"}
+
+
+def run_subprocess(
+    backend: str, n: int, results: Results, timeout_s: float, mode: str = "subprocess"
+) -> None:
+    command = COMMANDS[mode]
     from nightshift.clock import SystemClock
     from nightshift.config import Settings
     from nightshift.service import Service
@@ -344,7 +354,7 @@ def run_subprocess(backend: str, n: int, results: Results, timeout_s: float) -> 
         load_before = load1()
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            [NIGHTSHIFT, "up"],
+            [NIGHTSHIFT, command],
             cwd=db.workdir,
             env=bench_env(db.url, NIGHTSHIFT_PORT=str(free_port())),
             stdout=log,
@@ -384,10 +394,10 @@ def run_subprocess(backend: str, n: int, results: Results, timeout_s: float) -> 
                 "completed": done,
                 "verified": check["verified"],
             },
-            mode="subprocess",
+            mode=mode,
             load1_before=load_before,
             statuses=check["statuses"],
-            notes="`nightshift up` as a process, polled every 50 ms like the peer harness"
+            notes=f"`nightshift {command}` as a process, polled every 50 ms like the peer harness"
             + ("" if check["verified"] else f"; NOT VERIFIED: {check['statuses']}"),
         )
 
@@ -396,7 +406,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(parser)
     parser.add_argument("--n", type=int, default=20_000)
-    parser.add_argument("--mode", choices=["inprocess", "subprocess", "both"], default="both")
+    parser.add_argument(
+        "--mode", choices=["inprocess", "subprocess", "worker", "both", "all"], default="all"
+    )
     parser.add_argument(
         "--jobs", type=int, default=1, help="in-process: spread the runs over this many jobs"
     )
@@ -408,12 +420,15 @@ def main() -> None:
     quiet_logging()
     results = Results(args.json)
     for backend in backends(args):
-        if args.mode in ("inprocess", "both"):
+        if args.mode in ("inprocess", "both", "all"):
             print(f"throughput {backend} in-process, n={args.n}", flush=True)
             run_inprocess(backend, args.n, results, args.timeout, args.ready_file, args.jobs)
-        if args.mode in ("subprocess", "both"):
+        if args.mode in ("subprocess", "both", "all"):
             print(f"throughput {backend} `nightshift up` subprocess, n={args.n}", flush=True)
             run_subprocess(backend, args.n, results, args.timeout)
+        if args.mode in ("worker", "all"):
+            print(f"throughput {backend} `nightshift worker` subprocess, n={args.n}", flush=True)
+            run_subprocess(backend, args.n, results, args.timeout, "worker")
 
 
 if __name__ == "__main__":

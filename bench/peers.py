@@ -1,6 +1,6 @@
 """`make bench-peers`: the fastest peers and Nightshift, same workload, same machine, one run.
 
-    .venv/bin/python bench/peers.py [--n 20000] [--runs 3] [--modes both] [--lateness]
+    .venv/bin/python bench/peers.py [--n 20000] [--runs 3] [--modes all] [--lateness]
                                     [--cases huey,huey_sqlite,dramatiq,procrastinate]
                                     [--no-record]
 
@@ -12,8 +12,10 @@ setup in the harness's RESULTS.md). Its services and virtualenvs live under /tmp
 PostgreSQL cluster on 5440, one virtualenv per peer), and whatever this script started is
 stopped again at the end, by PID.
 
-Nightshift: `bench/bench_throughput.py` with the same N on SQLite and PostgreSQL (in-process
-Runtime and `nightshift up`). The table gives drain and enqueue rates and the ratio
+Nightshift: `bench/bench_throughput.py` with the same N on SQLite and PostgreSQL: the in-process
+Runtime, `nightshift up`, and `nightshift worker` - the like-for-like row, as the harness times
+its peers' worker processes from their spawn, start-up included, and starts no scheduler or web
+server of theirs. The table gives drain and enqueue rates and the ratio
 Nightshift / peer, appended to bench/RESULTS.md. This machine's speed drifts by tens of percent
 over minutes, so the cases run `--runs` times interleaved (each run: every peer, then
 Nightshift), each ratio pairs rows of the same run, and the verdict takes the median.
@@ -253,7 +255,8 @@ def throughput_tables(peers: list[dict[str, Any]], ours: list[dict[str, Any]]) -
             (
                 r.get("run", 1),
                 k,
-                f"| {r.get('run', 1)} | **Nightshift ({r['backend']})** | {_mode(r)}; {_bulk(f)}"
+                f"| {r.get('run', 1)} | **Nightshift ({r['backend']})** | "
+                f"{report.mode_label(r)}; {_bulk(f)}"
                 f"{'all runs recorded' if f['verified'] else 'NOT all recorded'} | "
                 f"{_f(f['enqueue_per_s'])} | {_f(f['drain_per_s'])} | "
                 f"{_f(f.get('steady_per_s'))} | {_f(f.get('first_completion_s'), 2)} | "
@@ -305,7 +308,9 @@ def ratio_table(peers: list[dict[str, Any]], ours: list[dict[str, Any]]) -> list
                 target = f"≥ {goal:g}x {labels[case].split(',')[0]}"
                 met = "yes" if median(drain) >= goal else "**no**"
         lines.append(
-            f"| {backend}, {_mode(rows[0])} | " + " | ".join(cells) + f" | {target} | {met} |"
+            f"| {backend}, {report.mode_label(rows[0])} | "
+            + " | ".join(cells)
+            + f" | {target} | {met} |"
         )
     return lines
 
@@ -313,10 +318,6 @@ def ratio_table(peers: list[dict[str, Any]], ours: list[dict[str, Any]]) -> list
 def _bulk(figures: dict[str, Any]) -> str:
     bulk = figures.get("enqueue_bulk_per_s")
     return f"bulk enqueue_many {bulk:,.0f}/s; " if bulk else ""
-
-
-def _mode(row: dict[str, Any]) -> str:
-    return "in-process Runtime" if row.get("mode") == "inprocess" else "`nightshift up` process"
 
 
 def lateness_table(peers: list[dict[str, Any]], ours: list[dict[str, Any]]) -> list[str]:
@@ -348,7 +349,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--cases", default=",".join(CASES))
-    parser.add_argument("--modes", choices=["inprocess", "subprocess", "both"], default="both")
+    parser.add_argument(
+        "--modes", choices=["inprocess", "subprocess", "worker", "both", "all"], default="all"
+    )
     parser.add_argument("--lateness", action="store_true")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
@@ -426,7 +429,8 @@ def main() -> None:
         "Nightshift's PostgreSQL rows use the local server on :5432 (both fsync on).",
         "- Drain = from starting the workers until all N are done (start-up included), as the "
         "harness measures its peers; Nightshift's in-process rows stop at the N-th committed "
-        "completion, its `nightshift up` rows are polled every 50 ms like the peers.",
+        "completion, its process rows (`nightshift up`, `nightshift worker`: what the harness "
+        "starts of its peers) are polled every 50 ms like the peers.",
         "",
     ]
     lines += throughput_tables(peers, ours)

@@ -60,14 +60,25 @@ def _cpu_row(bench: str, backend: str, work: str, figure: str, cpu: dict, load: 
     return [bench, backend, work, f"{figure} (µs, from /proc)", figures, "-", "-", load]
 
 
+#: How a throughput row's `mode` reads in the tables.
+MODE_LABELS = {
+    "inprocess": "in-process Runtime",
+    "subprocess": "`nightshift up` process",
+    "worker": "`nightshift worker` process",
+}
+
+
+def mode_label(row: dict[str, Any]) -> str:
+    return MODE_LABELS.get(row.get("mode") or "subprocess", str(row.get("mode")))
+
+
 def rows_for(row: dict[str, Any]) -> list[list[str]]:
     """Table rows: benchmark, backend, workload, figure, result, target, met, load."""
     bench, backend, f = row["bench"], row["backend"], row["figures"]
     load = _load(row)
     out: list[list[str]] = []
     if bench == "throughput":
-        mode = "in-process Runtime" if row.get("mode") == "inprocess" else "`nightshift up`"
-        work = f"{f['n']:,} no-op python jobs, {mode}"
+        work = f"{f['n']:,} no-op python jobs, {mode_label(row)}"
         # The targets are for the peers' workload: runs of one job.
         target = DRAIN_TARGET[backend] if row.get("jobs", 1) == 1 else None
         if row.get("jobs", 1) > 1:

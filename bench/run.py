@@ -34,7 +34,7 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
         ("http", ["--n", "200"]),
     ],
     "full": [
-        ("throughput", ["--n", "20000", "--mode", "both"]),
+        ("throughput", ["--n", "20000", "--mode", "all"]),
         # Runs of many jobs: each claimed run carries its own job (bench/PROFILE.md, session 10).
         ("throughput", ["--n", "20000", "--mode", "inprocess", "--jobs", "1000"]),
         ("lateness", ["--jobs", "1000", "--duration", "60", "--schedulers", "3"]),
