@@ -107,3 +107,13 @@ def test_the_service_commands_hold_the_collector_off_until_started(
     finally:
         gc.enable()  # whatever happened, not for the rest of the session
     assert seen == {"while building": False, "while starting": False, "once started": True}
+
+
+def test_a_failed_start_up_turns_the_collector_back_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(serve, "_setup_logging", lambda level: None)
+    try:
+        with pytest.raises(ValueError, match="unsupported database URL"):
+            serve._serve(("scheduler",), database_url="nosuch://nowhere")
+        assert gc.isenabled()
+    finally:
+        gc.enable()

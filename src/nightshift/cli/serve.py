@@ -67,25 +67,28 @@ def _serve(roles: tuple[str, ...], **overrides: Any) -> None:
     # found next to nothing to free (under 1,000 objects) for 45-50 ms of a ~410 ms import.
     # The runtime freezes what start-up built, then the collector runs again (`started`).
     gc.disable()
-    if "worker" in roles:
-        from nightshift.worker import forkserver
+    try:
+        if "worker" in roles:
+            from nightshift.worker import forkserver
 
-        # Before anything else: it imports the code of the worker's processes on the other
-        # core while we import the service's, and they wait for it when they start. Both
-        # changes together brought the first claim 50-60 ms sooner (bench/PROFILE.md, session
-        # 13). Settings found invalid below just leave it to exit with us.
-        forkserver.start()
+            # Before anything else: it imports the code of the worker's processes on the other
+            # core while we import the service's, and they wait for it when they start. Both
+            # changes together brought the first claim 50-60 ms sooner (bench/PROFILE.md,
+            # session 13). Settings found invalid below just leave it to exit with us.
+            forkserver.start()
 
-    settings = _settings(**overrides)
-    from nightshift.runtime import Runtime
+        settings = _settings(**overrides)
+        from nightshift.runtime import Runtime
 
-    _setup_logging(settings.log_level)
+        _setup_logging(settings.log_level)
 
-    async def main() -> None:
-        runtime = Runtime(settings, roles=roles)
-        await runtime.serve(started=gc.enable)
+        async def main() -> None:
+            runtime = Runtime(settings, roles=roles)
+            await runtime.serve(started=gc.enable)
 
-    asyncio.run(main())
+        asyncio.run(main())
+    finally:
+        gc.enable()  # a start-up that failed never reached `started`
 
 
 @friendly
