@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nightshift import console
 from nightshift.access import AccessService
@@ -165,6 +165,11 @@ class Runtime:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
+        # The API's modules load on a thread meanwhile: the steps below mostly wait for the
+        # database and for the worker's processes, which leaves the interpreter free.
+        api_modules = (
+            asyncio.ensure_future(asyncio.to_thread(_import_api)) if "api" in self.roles else None
+        )
         if "api" in self.roles:
             await asyncio.to_thread(self.access.bootstrap)  # admin token, secret key
         await asyncio.to_thread(self.import_user_modules)
@@ -185,12 +190,8 @@ class Runtime:
             scheduling = asyncio.create_task(self.scheduler.run(self.stop), name="scheduler")
             tasks.append(scheduling)
             tasks.append(asyncio.create_task(self.alerts.run(self.stop), name="alerts"))
-        if "api" in self.roles:
-            # Imported here: FastAPI, the routes and uvicorn are a third of the import time,
-            # which a worker or scheduler process on its own does not spend.
-            from nightshift.api.app import create_app
-            from nightshift.api.server import api_server
-
+        if api_modules is not None:
+            create_app, api_server = await api_modules
             api_app = create_app(self.service, self.access, roles=self.roles, reload=self.reload)
             api_app.state.metrics = self.metrics
             self.server = api_server(api_app, self.settings)
@@ -227,6 +228,15 @@ class Runtime:
         if self.stop.is_set() and self.server is not None:
             self.server.force_exit = True  # a second Ctrl-C: do not wait any longer
         self.stop.set()
+
+
+def _import_api() -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """Imported only with the api role: FastAPI, the routes and uvicorn are a third of the
+    import time, which a worker or scheduler process on its own does not spend."""
+    from nightshift.api.app import create_app
+    from nightshift.api.server import api_server
+
+    return create_app, api_server
 
 
 def _safe_url(url: str) -> str:
