@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -73,3 +74,8 @@ def nul_bytes(ctx: nightshift.Context) -> None:
     """Text PostgreSQL cannot store (NUL) in a log line and in the error."""
     ctx.log.info("before\x00after")
     raise ValueError("bad\x00byte")
+
+
+def loaded(ctx: nightshift.Context) -> None:
+    """Records (as its checkpoint) which of the named modules its process has loaded."""
+    ctx.checkpoint({name: name in sys.modules for name in ctx.params["modules"]})

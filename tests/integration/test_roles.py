@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -17,8 +18,13 @@ import pytest
 
 import nightshift.runtime
 from nightshift.cli import serve
+from nightshift.clock import SystemClock
 from nightshift.config import Settings
 from nightshift.runtime import Runtime
+from nightshift.service import Service
+from nightshift.store import open_store
+from nightshift.worker.kinds.registry import build_executors
+from tests.integration.conftest import ServiceProcess, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -117,3 +123,79 @@ def test_a_failed_start_up_turns_the_collector_back_on(monkeypatch: pytest.Monke
         assert gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_the_worker_s_processes_do_not_run_the_nightshift_command_again(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """They are forked from a server that has loaded the program: with the `nightshift`
+    command, that is nothing they need (jobs come from `--import`), and each of them used to
+    run it again, its CLI and Typer, while starting (CPython gh-126631)."""
+    store = open_store(sqlite_url)
+    settings = Settings(database_url=sqlite_url)
+    service = Service(store, SystemClock(), settings, build_executors(settings))
+    job = service.create_job(
+        {"name": "loaded", "kind": "python", "config": {"function": "tests.jobs_worker:loaded"}}
+    )
+    run = service.run_now(job.id, params={"modules": ["nightshift.cli", "typer"]})
+    worker = ServiceProcess(tmp_path, sqlite_url, role="worker")
+    worker.start()
+    try:
+        done = wait_for(lambda: (r := store.get_run(run.id)).status == "succeeded" and r)
+    finally:
+        worker.stop()
+        store.close()
+    assert done.state == {"nightshift.cli": False, "typer": False}
+
+
+RUN_ONE_JOB = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+
+    # Top-level code, run wherever this script is loaded: here, and in the fork server.
+    with open(Path(sys.argv[2]), "a") as marks:
+        print("loaded", file=marks)
+
+    async def main():
+        from nightshift.config import Settings
+        from nightshift.runtime import Runtime
+
+        runtime = Runtime(Settings(database_url=sys.argv[1]), roles=("worker",))
+        job = runtime.service.create_job(
+            {"name": "ok", "kind": "python", "config": {"function": "tests.jobs_worker:ok"}}
+        )
+        run = runtime.service.run_now(job.id)
+
+        def started():
+            async def stop_when_done():
+                while runtime.store.get_run(run.id).status != "succeeded":
+                    await asyncio.sleep(0.05)
+                runtime.request_stop()
+
+            asyncio.ensure_future(stop_when_done())
+
+        await runtime.serve(started=started)
+
+    if __name__ == "__main__":
+        asyncio.run(main())
+    """
+)
+
+
+def test_a_program_s_own_script_is_loaded_once_for_the_worker_s_processes(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """A program that runs the worker itself: its script is loaded by the fork server, once,
+    and found loaded by the processes forked from it (three: the store process and two pool
+    children), as the preload of "__main__" intends."""
+    script, marks = tmp_path / "program.py", tmp_path / "marks"
+    script.write_text(RUN_ONE_JOB)
+    subprocess.run(
+        [sys.executable, str(script), sqlite_url, str(marks)],
+        cwd=Path.cwd(),
+        env={**os.environ, "NIGHTSHIFT_WORKER_PROCESSES": "2"},
+        timeout=90,
+        check=True,
+    )
+    assert marks.read_text().splitlines() == ["loaded", "loaded"]  # the program, the server

@@ -75,7 +75,7 @@ def _serve(roles: tuple[str, ...], **overrides: Any) -> None:
             # core while we import the service's, and they wait for it when they start. Both
             # changes together brought the first claim 50-60 ms sooner (bench/PROFILE.md,
             # session 13). Settings found invalid below just leave it to exit with us.
-            forkserver.start()
+            forkserver.start(main_holds_code=False)
 
         settings = _settings(**overrides)
         from nightshift.runtime import Runtime

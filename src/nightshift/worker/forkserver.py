@@ -9,14 +9,23 @@ imports the rest (`nightshift up` and `nightshift worker` call it first thing).
 
 from __future__ import annotations
 
+import json
 import multiprocessing
-from multiprocessing import forkserver
+import os
+import sys
+from multiprocessing import forkserver, spawn
 from multiprocessing.context import ForkServerContext
 
+#: Tell the server the program's script, and whether to run it (forkserver_main.py).
+MAIN_PATH_VAR = "NIGHTSHIFT_FORKSERVER_MAIN"
+MAIN_RUN_VAR = "NIGHTSHIFT_FORKSERVER_RUN_MAIN"
+MAIN_ARGV_VAR = "NIGHTSHIFT_FORKSERVER_ARGV"
+
 #: What the server imports before it forks a child ("__main__": the program, as "spawn" would
-#: import it in every child; the store and its drivers for the store process, and the
-#: scheduler's planner, which fires through it).
+#: import it in every child, loaded by forkserver_main; the store and its drivers for the
+#: store process, and the scheduler's planner, which fires through it).
 PRELOAD = [
+    "nightshift.worker.forkserver_main",
     "__main__",
     "nightshift.worker.child",
     "nightshift.worker.store_process",
@@ -26,12 +35,31 @@ PRELOAD = [
 
 
 def context() -> ForkServerContext:
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(PRELOAD)
-    return context
+    """The context to start processes with, its server running."""
+    start()
+    return multiprocessing.get_context("forkserver")
 
 
-def start() -> None:
-    """Start the server now rather than at the first child (a no-op once it runs)."""
-    context()
-    forkserver.ensure_running()
+def start(*, main_holds_code: bool = True) -> None:
+    """Start the server now rather than at the first child (a no-op once it runs).
+    `main_holds_code=False`: the program's script is nothing the processes need (the
+    `nightshift` command's: jobs come from `--import` modules, which they import themselves),
+    so it is not run in the server or in them."""
+    multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOAD)
+    main_path = spawn.get_preparation_data("forkserver").get("init_main_from_path")
+    told = {
+        MAIN_PATH_VAR: main_path,
+        MAIN_RUN_VAR: "1" if main_holds_code else "0",
+        MAIN_ARGV_VAR: json.dumps(sys.argv),
+    }
+    before = {name: os.environ.get(name) for name in told}
+    if main_path is not None:
+        os.environ.update(told)  # the server inherits our environment
+    try:
+        forkserver.ensure_running()
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
