@@ -3,9 +3,9 @@
 That is what the server's preload of "__main__" is for, but in Python 3.11 it never happens:
 the server is never told the script's path (CPython gh-126631, fixed in later releases).
 Every process forked from it then ran the whole script again while starting, as "spawn"
-does: for the `nightshift` command,
-its CLI and Typer, 20-25 ms of every pool child's and store process's start, and their memory
-(bench/PROFILE.md, session 13). Loaded here, the script is found loaded and not run again.
+does: for the `nightshift` command its CLI and Typer, 25-35 ms of the start of every pool
+child and store process, and ~6 MB of each one's memory (bench/PROFILE.md, session 13).
+Loaded here, the script is found loaded and not run again.
 """
 
 from __future__ import annotations
