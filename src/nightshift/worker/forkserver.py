@@ -16,10 +16,9 @@ import sys
 from multiprocessing import forkserver, spawn
 from multiprocessing.context import ForkServerContext
 
-#: Tell the server the program's script, and whether to run it (forkserver_main.py).
-MAIN_PATH_VAR = "NIGHTSHIFT_FORKSERVER_MAIN"
-MAIN_RUN_VAR = "NIGHTSHIFT_FORKSERVER_RUN_MAIN"
-MAIN_ARGV_VAR = "NIGHTSHIFT_FORKSERVER_ARGV"
+#: Tells the server the program's script, its arguments and whether to run it, as JSON
+#: (forkserver_main.py): the server inherits our environment, and nothing else reaches it.
+MAIN_VAR = "NIGHTSHIFT_FORKSERVER_MAIN"
 
 #: What the server imports before it forks a child ("__main__": the program, as "spawn" would
 #: import it in every child, loaded by forkserver_main; the store and its drivers for the
@@ -47,19 +46,14 @@ def start(*, main_holds_code: bool = True) -> None:
     so it is not run in the server or in them."""
     multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOAD)
     main_path = spawn.get_preparation_data("forkserver").get("init_main_from_path")
-    told = {
-        MAIN_PATH_VAR: main_path,
-        MAIN_RUN_VAR: "1" if main_holds_code else "0",
-        MAIN_ARGV_VAR: json.dumps(sys.argv),
-    }
-    before = {name: os.environ.get(name) for name in told}
+    before = os.environ.get(MAIN_VAR)
     if main_path is not None:
-        os.environ.update(told)  # the server inherits our environment
+        told = {"path": main_path, "argv": sys.argv, "run": main_holds_code}
+        os.environ[MAIN_VAR] = json.dumps(told)
     try:
         forkserver.ensure_running()
     finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        if before is None:
+            os.environ.pop(MAIN_VAR, None)
+        else:
+            os.environ[MAIN_VAR] = before

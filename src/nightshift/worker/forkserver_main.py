@@ -17,25 +17,25 @@ import sys
 import types
 from multiprocessing import process, spawn
 
-from nightshift.worker.forkserver import MAIN_ARGV_VAR, MAIN_PATH_VAR, MAIN_RUN_VAR
+from nightshift.worker.forkserver import MAIN_VAR
 
 
 def _load_main() -> None:
-    # Not for the processes forked from here.
-    path, run = os.environ.pop(MAIN_PATH_VAR, None), os.environ.pop(MAIN_RUN_VAR, "1")
-    argv = os.environ.pop(MAIN_ARGV_VAR, None)
-    if not path:
+    told = os.environ.pop(MAIN_VAR, None)  # not for the processes forked from here
+    if not told:
         return
-    if run == "0":
+    main = json.loads(told)
+    path = main["path"]
+    if not main["run"]:
         # A script the processes do not need (the `nightshift` command's): they find it
         # "loaded" and do not run it.
-        main = types.ModuleType("__mp_main__")
-        main.__file__ = path
-        sys.modules["__main__"] = sys.modules["__mp_main__"] = main
+        module = types.ModuleType("__mp_main__")
+        module.__file__ = path
+        sys.modules["__main__"] = sys.modules["__mp_main__"] = module
         return
     # The script sees the program's arguments, as in the processes that ran it themselves
     # (spawn sets them first; the server is started without them).
-    sys.argv = json.loads(argv) if argv else [path]
+    sys.argv = main["argv"]
     current = process.current_process()
     current._inheriting = True  # type: ignore[attr-defined]  # as spawn does: no processes from an import
     try:
