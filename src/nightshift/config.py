@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     # SQLite the worker's claims go between the batches (bench/PROFILE.md, session 7).
     scheduler_batch: int = Field(default=64, ge=1)
     scheduler_poll_s: float = Field(default=2.0, gt=0)
+    #: Schedulers fire, and workers claim, up to this long before a run's time; nothing starts
+    #: before it. A big instant's inserts and claims are then done when it comes, and only the
+    #: starts are left (bench/PROFILE.md, session 14). A job whose previous run is still active
+    #: (overlap other than `allow`) is fired at its time, so its overlap policy sees that run
+    #: as it is then. 0: fire and claim at the time.
+    fire_ahead_s: float = Field(default=0.5, ge=0, le=10)
     catch_up_max: int = Field(default=100, ge=1)
 
     # several processes on PostgreSQL

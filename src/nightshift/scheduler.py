@@ -29,28 +29,33 @@ log = logging.getLogger("nightshift.scheduler")
 MISFIRE_GRACE_S = 60.0
 #: How soon to look again when due jobs are held by another scheduler's transaction.
 LOCKED_RETRY_S = 0.05
-#: `Store.fire_due`, wherever it runs.
-Fire = Callable[[datetime, "FirePlanner", int], int]
+#: `Store.fire_due`, wherever it runs: (now, planner, limit, horizon).
+Fire = Callable[[datetime, "FirePlanner", int, datetime], int]
 
 
 @dataclass(frozen=True)
 class FirePlanner:
-    """What to do with each due job at `now` (a value: it travels to a store process)."""
+    """What to do with each due job at `now` (a value: it travels to a store process). A job
+    fired ahead of its time is planned as at that time: its fire is then neither missed nor
+    late, and only that one fire is made."""
 
     now: datetime
     catch_up_max: int
 
     def __call__(self, job: Job) -> FirePlan:
+        at = self.now
+        if job.next_fire_at is not None and job.next_fire_at > at:
+            at = job.next_fire_at
         plan = plan_fires(
             job,
-            self.now,
+            at,
             fires_from_timer(job),
             catch_up_max=self.catch_up_max,
             misfire_grace_s=MISFIRE_GRACE_S,
         )
         if plan.next_fire_at is None:
             # Either the schedule ended, or an outage was too long to walk: re-time from now.
-            plan.next_fire_at = fire_after(job, self.now)
+            plan.next_fire_at = fire_after(job, at)
         return plan
 
 
@@ -82,15 +87,17 @@ class Scheduler:
         committed: Callable[[], None] | None = None,
         fire: Fire | None = None,
     ) -> int:
-        """Fire every job due at `now`, a batch per transaction; returns how many jobs were
+        """Fire every job due at `now`, and those due within fire_ahead_s that may be fired
+        ahead (see Settings.fire_ahead_s), a batch per transaction; returns how many jobs were
         handled. `committed` is called after each batch that fired some: its runs can be
         claimed while the next batch is fired. `fire` is `Store.fire_due` by default."""
         now = now or self.clock.now()
         fire = fire or self.store.fire_due
         planner = FirePlanner(now, self.settings.catch_up_max)
+        horizon = now + self.ahead
         total, size = 0, self.settings.scheduler_batch
         while True:
-            handled = fire(now, planner, size)
+            handled = fire(now, planner, size, horizon)
             total += handled
             if handled and committed is not None:
                 committed()
@@ -117,6 +124,10 @@ class Scheduler:
             self.store.enqueue(new, started_at)
             count += 1
         return count
+
+    @property
+    def ahead(self) -> timedelta:
+        return timedelta(seconds=self.settings.fire_ahead_s)
 
     # -- the loop -------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -155,7 +166,13 @@ class Scheduler:
                 # completion (firing.py). Look again shortly rather than spin.
                 await self._sleep(LOCKED_RETRY_S, stop)
                 continue
-            version = await self._idle(next_due, version, stop)
+            wake_at = next_due
+            if next_due is not None and next_due - self.ahead > self.clock.now():
+                wake_at = next_due - self.ahead
+            # Else a job within the window was not fired ahead: its previous run is still
+            # active (or another scheduler holds it). It is fired at its time, not looked at
+            # again and again until then.
+            version = await self._idle(wake_at, version, stop)
 
     @staticmethod
     def _fire_through(calls: StoreCalls, loop: asyncio.AbstractEventLoop) -> Fire:
@@ -165,8 +182,8 @@ class Scheduler:
         the batches on the same lane (first start of 1,000 fires due at once: bench/PROFILE.md,
         session 7)."""
 
-        def fire(now: datetime, planner: FirePlanner, limit: int) -> int:
-            call = calls.call("claims", "fire_due", now, planner, limit)
+        def fire(now: datetime, planner: FirePlanner, limit: int, horizon: datetime) -> int:
+            call = calls.call("claims", "fire_due", now, planner, limit, horizon)
             return asyncio.run_coroutine_threadsafe(call, loop).result()
 
         return fire

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -229,3 +230,74 @@ def test_invalid_schedules_and_timezones_are_refused_naming_the_problem(service)
         job(service, schedule="9:00", timeout_s=-1)
     assert negative.value.field == "timeout_s"
     assert service.store.list_jobs() == []  # nothing half-written
+
+
+def test_a_fire_is_made_ahead_of_its_time_for_its_time(service, scheduler, store, clock) -> None:  # type: ignore[no-untyped-def]
+    """fire_ahead_s (0.5 s): the run exists before its time; it is due and claimable then."""
+    start = clock.now()
+    j = job(service, schedule="every 10s")
+    clock.advance(9.4)  # 0.6 s before its time: not yet
+    assert scheduler.tick() == 0
+    clock.advance(0.2)  # 0.4 s before it
+    assert scheduler.tick() == 1
+    (run,) = store.list_runs(job_id=j.id)
+    slot = start + timedelta(seconds=10)
+    assert (run.status, run.scheduled_for, run.run_at) == (S.PENDING, slot, slot)
+    assert run.created_at == clock.now()
+    assert store.get_job(j.id).next_fire_at == slot + timedelta(seconds=10)
+    assert scheduler.tick() == 0  # nothing more within the window
+    # Not due yet; a worker claiming ahead takes it, to start at its time.
+    assert store.claim("w", clock.now(), 60, 10, ["python"]) == []
+    ahead = clock.now() + timedelta(seconds=0.5)
+    (claimed,) = store.claim("w", clock.now(), 60, 10, ["python"], horizon=ahead)
+    assert claimed.run.id == run.id
+    assert store.get_run(run.id).started_at == slot  # shown as starting at its time
+
+
+def test_a_job_whose_run_is_active_is_fired_at_its_time(service, scheduler, store, clock) -> None:  # type: ignore[no-untyped-def]
+    """Fired ahead, `skip` would judge by a run that may end before the fire's time."""
+    skips = job(service, "skips", schedule="every 10s")  # overlap skip
+    allows = job(service, "allows", schedule="every 10s", overlap="allow")
+    clock.advance(10)
+    assert scheduler.tick() == 2  # each has a pending run now
+    clock.advance(9.6)
+    assert scheduler.tick() == 1  # allow does not look at active runs: fired ahead
+    assert len(scheduled(store, allows.id)) == 2
+    assert len(store.list_runs(job_id=skips.id)) == 1  # nothing decided for skip yet
+    clock.advance(0.4)
+    assert scheduler.tick() == 1  # at its time, its run still pending: skipped
+    runs = store.list_runs(job_id=skips.id)
+    assert [(r.status, r.reason) for r in runs] == [(S.SKIPPED, "overlap"), (S.PENDING, None)]
+
+
+async def test_a_job_held_for_its_time_is_not_looked_at_again_until_then(  # type: ignore[no-untyped-def]
+    service, scheduler, store, clock
+) -> None:
+    j = job(service, schedule="every 10s")
+    service.run_now(j.id)  # active: its next fire is not made ahead
+    clock.advance(9.6)
+    fires: list[datetime] = []
+    real_fire = store.fire_due
+
+    def fire_due(now, planner, limit, horizon=None):  # type: ignore[no-untyped-def]
+        fires.append(now)
+        return real_fire(now, planner, limit, horizon)
+
+    store.fire_due = fire_due
+    stop = asyncio.Event()
+    loop = asyncio.create_task(scheduler.run(stop, reboot=False))
+    await until(lambda: len(fires) == 1)
+    await asyncio.sleep(0.2)
+    assert fires == [clock.now()]  # one tick, then asleep until the fire's time
+    clock.advance(0.4)
+    await until(lambda: len(store.list_runs(job_id=j.id)) == 2)  # fired then: skipped
+    stop.set()
+    await asyncio.wait_for(loop, 5)
+    assert len(fires) == 2
+
+
+async def until(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    end = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < end, "condition not reached in time"
+        await asyncio.sleep(0.01)

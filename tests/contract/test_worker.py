@@ -18,7 +18,7 @@ from nightshift.domain.misfire import FirePlan
 from nightshift.domain.models import JobKind
 from nightshift.domain.status import RunStatus
 from nightshift.service import Service
-from nightshift.store import SqlStore
+from nightshift.store import NewRun, SqlStore
 from nightshift.store.tables import runs
 from nightshift.worker import worker as worker_module
 from nightshift.worker.executor import Outcome, Task
@@ -463,3 +463,81 @@ async def test_closing_returns_runs_waiting_for_a_process_to_pending_at_once(
     statuses = sorted(str(store.get_run(r.id).status) for r in made)
     assert statuses == ["pending", "pending", "pending", "succeeded"]
     assert len(out.read_text().split()) == 1
+
+
+@pytest.fixture
+async def ahead(store: SqlStore, settings: Settings) -> AsyncIterator[tuple[Service, Worker]]:
+    """A worker that claims runs up to 2 s before their time (wide, for a loaded machine)."""
+    clock = SystemClock()
+    settings = settings.model_copy(update={"fire_ahead_s": 2.0})
+    worker = Worker(store, clock, settings, build_executors(settings))
+    service = Service(store, clock, settings, worker.executors, on_change=worker.wake)
+    await worker.start()
+    # Python runs are held for their time only once the worker knows how long they take.
+    service.run_now(py(service, "ok").id)
+    assert await worker.run_once()
+    yield service, worker
+    await worker.close(grace_s=0)
+
+
+def later(store: SqlStore, job_id: int, seconds: float):  # type: ignore[no-untyped-def]
+    """A run of the job due `seconds` from now."""
+    at = SystemClock().now() + timedelta(seconds=seconds)
+    return store.enqueue(NewRun(job_id=job_id, run_at=at, scheduled_for=at), SystemClock().now())
+
+
+@pytest.mark.parametrize("kind", ["python", "http"])
+async def test_a_run_claimed_ahead_of_its_time_starts_at_it(ahead, store, tmp_path, kind) -> None:  # type: ignore[no-untyped-def]
+    service, worker = ahead
+    out = tmp_path / "began"
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        if kind == "python":
+            job = py(service, "sleeps", params={"seconds": 0, "out": str(out)})
+        else:
+            url = f"http://127.0.0.1:{server.server_port}/ping"
+            job = service.create_job({"name": "ping", "kind": "http", "config": {"url": url}})
+        run = later(store, job.id, 1.0)
+        task = asyncio.create_task(worker.run_once())
+        await until(lambda: store.get_run(run.id).status == S.RUNNING)  # claimed, held
+        assert SystemClock().now() < run.run_at
+        await asyncio.wait_for(task, 10)
+    finally:
+        server.shutdown()
+    done = store.get_run(run.id)
+    assert done.status == S.SUCCEEDED
+    assert done.started_at >= run.run_at  # never before its time
+    if kind == "python":
+        assert out.read_text().split() == [str(run.id)]
+
+
+async def test_a_run_held_for_its_time_can_be_stopped_and_never_begins(  # type: ignore[no-untyped-def]
+    ahead, store, tmp_path
+) -> None:
+    service, worker = ahead
+    out = tmp_path / "began"
+    job = py(service, "sleeps", params={"seconds": 0, "out": str(out)})
+    run = later(store, job.id, 1.5)
+    task = asyncio.create_task(worker.run_once())
+    await until(lambda: store.get_run(run.id).status == S.RUNNING)
+    with store.engine.begin() as conn:  # what the stop operation writes
+        conn.execute(update(runs).where(runs.c.id == run.id).values(status="stopping"))
+    await asyncio.wait_for(task, 10)
+    assert store.get_run(run.id).status == S.STOPPED
+    assert SystemClock().now() < run.run_at  # it did not wait for its time to end
+    assert not out.exists()
+
+
+async def test_closing_returns_runs_held_for_their_time_to_pending(ahead, store, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    service, worker = ahead
+    out = tmp_path / "began"
+    job = py(service, "sleeps", params={"seconds": 0, "out": str(out)})
+    run = later(store, job.id, 1.5)
+    runner = asyncio.create_task(worker.run(asyncio.Event()))
+    await until(lambda: store.get_run(run.id).status == S.RUNNING)
+    await worker.close(grace_s=5)
+    runner.cancel()
+    back = store.get_run(run.id)
+    assert back.status == S.PENDING and back.run_at == run.run_at
+    assert not out.exists()

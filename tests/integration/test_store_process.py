@@ -200,7 +200,8 @@ async def test_a_tick_under_way_at_shutdown_ends_before_the_store_process_closes
     tick = runtime.scheduler.tick
 
     def stopping_tick(now, *args):  # type: ignore[no-untyped-def]
-        if now >= start and not runtime.stop.is_set():  # the stop comes during the first fire
+        # The stop comes during the tick of the first fire (made up to fire_ahead_s early).
+        if now + runtime.scheduler.ahead >= start and not runtime.stop.is_set():
             loop.call_soon_threadsafe(runtime.request_stop)
             deadline = time.monotonic() + 1.0  # as long as the worker takes to close, or more
             while not calls._closed and time.monotonic() < deadline:

@@ -130,6 +130,8 @@ class MetricsSnapshot:
 
 
 Planner = Callable[[Job], FirePlan]
+#: A group of kinds to claim: (kinds, limit of due runs[, limit of runs ahead of their time]).
+ClaimSlot = tuple[Sequence[str], int] | tuple[Sequence[str], int, int | None]
 Retimer = Callable[[Job], "datetime | None"]
 
 
@@ -221,12 +223,18 @@ class Store(Protocol):
         """A number that changes whenever a job's timing may have changed (for pollers)."""
 
     # -- firing -------------------------------------------------------------------------------
-    def fire_due(self, now: datetime, planner: Planner, limit: int) -> int:
+    def fire_due(
+        self, now: datetime, planner: Planner, limit: int, horizon: datetime | None = None
+    ) -> int:
         """Take up to `limit` due jobs (oldest fire first; on PostgreSQL rows other schedulers
         hold are skipped), ask `planner(job)` what to do and, in the same transaction, insert
         the runs and skipped records it plans, stop what it replaces and advance the timer.
         A (job, scheduled_for) pair that exists already is not inserted again. Returns the
-        number of jobs handled."""
+        number of jobs handled.
+
+        `horizon` (later than `now`): jobs due by then count as due too, when no run of theirs
+        is active or their overlap is `allow`: firing them ahead cannot change what their
+        overlap policy decides."""
 
     # -- runs ---------------------------------------------------------------------------------
     def enqueue(self, new: NewRun, now: datetime) -> Run:
@@ -267,22 +275,33 @@ class Store(Protocol):
 
     # -- execution ----------------------------------------------------------------------------
     def claim(
-        self, owner: str, now: datetime, lease_s: float, limit: int, kinds: Iterable[str]
+        self,
+        owner: str,
+        now: datetime,
+        lease_s: float,
+        limit: int,
+        kinds: Iterable[str],
+        horizon: datetime | None = None,
     ) -> list[ClaimedRun]:
         """Move up to `limit` due pending runs of the given kinds to running under a lease held
         by `owner`: normal before low priority, then lower rank (fair share between roots), then
         oldest due. A run of a job with an exclusive slot (overlap queue / replace) is claimed
-        only when it can take that slot."""
+        only when it can take that slot. With a `horizon`, runs due by then count as due: the
+        worker holds them until their time (Settings.fire_ahead_s)."""
 
     def claim_slots(
         self,
         owner: str,
         now: datetime,
         lease_s: float,
-        slots: Sequence[tuple[Sequence[str], int]],
+        slots: Sequence[ClaimSlot],
+        horizon: datetime | None = None,
     ) -> list[ClaimedRun]:
         """`claim` for several groups of kinds at once, each with its own limit (a worker's
-        process slots and its event-loop slots), in one transaction."""
+        process slots and its event-loop slots), in one transaction. A group's third item,
+        when given, limits its runs taken ahead of their time (by `horizon`) apart from its
+        due ones; without it they share the limit. Runs are taken ahead only when fewer than
+        the limit were due: a backlog is served first."""
 
     def sync(
         self, owner: str, now: datetime, lease_s: float, updates: Sequence[RunProgress]

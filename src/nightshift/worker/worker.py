@@ -156,7 +156,8 @@ class Worker:
                     if started and self._free_slots():
                         continue
                     if self._dry - dry:  # a kind found nothing due: when will it?
-                        next_due = await self._call("next_run_due", self.clock.now())
+                        after = self.clock.now() + self.ahead  # claimed up to then already
+                        next_due = await self._call("next_run_due", after)
             except Exception as exc:
                 failures.failed(exc)
                 await _wait_any(asyncio.Event(), stop, timeout=POLL_S)
@@ -165,7 +166,8 @@ class Worker:
                 continue
             wait = self.settings.poll_s if self.notified() else POLL_S
             if next_due is not None:
-                wait = min(wait, max(0.0, (next_due - self.clock.now()).total_seconds()))
+                until = next_due - self.ahead - self.clock.now()
+                wait = min(wait, max(0.0, until.total_seconds()))
             await _wait_any(self._wake, stop, timeout=wait)
             if not self._wake.is_set():  # the poll interval, or the next due run: look again
                 self._dry.clear()
@@ -182,16 +184,31 @@ class Worker:
             log.warning("%d claimed run(s) whose claim went unanswered: back to pending", count)
 
     # -- claiming -------------------------------------------------------------------------------
-    def _free_slots(self) -> dict[str, int]:
-        """Kinds to claim, with how many. Python runs are claimed ahead of the processes (see
-        `_prefetch`; they wait in claim order for one), and only once a share of that room is
-        free, a process would otherwise idle, or new work was announced: claims then come in
-        batches without keeping a new run waiting behind the ones held here."""
+    @property
+    def ahead(self) -> timedelta:
+        """How long before their time runs are claimed (they start at it: `_execute`)."""
+        return timedelta(seconds=self.settings.fire_ahead_s)
+
+    def _free_slots(self) -> dict[str, tuple[int, int | None]]:
+        """Kinds to claim, with how many due runs and how many ahead of their time. Python
+        runs are claimed ahead of the processes (see `_prefetch`; they wait in claim order for
+        one), and only once a share of that room is free, a process would otherwise idle, or
+        new work was announced: claims then come in batches without keeping a new run waiting
+        behind the ones held here. Runs held for their time (`_ahead_room`) take no process
+        until it comes; event-loop runs held for theirs share the loop's slots."""
         # A run whose outcome is being recorded no longer needs a process or a loop slot.
-        busy = [c for c in self._inflight.values() if not c.completing]
-        in_process = sum(1 for c in busy if c.job.kind in _PROCESS_KINDS)
-        in_loop = len(busy) - in_process
-        free = {}
+        now = self.clock.now()
+        in_process = in_loop = held = 0
+        for chan in self._inflight.values():
+            if chan.completing:
+                continue
+            if chan.job.kind not in _PROCESS_KINDS:
+                in_loop += 1
+            elif chan.started_at is None and chan.run.run_at > now:
+                held += 1
+            else:
+                in_process += 1
+        free: dict[str, tuple[int, int | None]] = {}
         process_kinds = [str(k) for k in self.executors if k in _PROCESS_KINDS]
         loop_kinds = [str(k) for k in self.executors if k not in _PROCESS_KINDS]
         processes, prefetch = self.settings.worker_processes, self._prefetch()
@@ -202,10 +219,22 @@ class Worker:
         share = 4 if self.calls.separate_process else 2
         batch = in_process < processes or share * room >= prefetch or self._urgent
         if process_kinds and room > 0 and batch:
-            free[",".join(process_kinds)] = room
+            # Runs ahead come with a claim of due ones: one that finds none is what says the
+            # kinds are dry (`_claim_and_start`).
+            free[",".join(process_kinds)] = (room, max(0, self._ahead_room() - held))
         if loop_kinds and self.settings.worker_concurrency > in_loop:
-            free[",".join(loop_kinds)] = self.settings.worker_concurrency - in_loop
+            free[",".join(loop_kinds)] = (self.settings.worker_concurrency - in_loop, None)
         return {group: n for group, n in free.items() if group not in self._dry}
+
+    def _ahead_room(self) -> int:
+        """How many python runs to hold for their time (Settings.fire_ahead_s): as many as the
+        processes start in that long at the recent run time, so that a big instant is held
+        whole while long runs are not hoarded away from other workers; none before a run
+        ended."""
+        if self._run_s is None or not self.settings.fire_ahead_s:
+            return 0
+        work = self.settings.worker_processes * self.settings.fire_ahead_s
+        return int(work / max(self._run_s, 1e-4))
 
     def _prefetch(self) -> int:
         """How many python runs to hold beyond the processes: about worker_prefetch_window_s of
@@ -227,11 +256,12 @@ class Worker:
         groups = self._free_slots()
         if self._closing or not groups:
             return started
-        slots = [(kinds.split(","), limit) for kinds, limit in groups.items()]
+        slots = [(kinds.split(","), limit, ahead) for kinds, (limit, ahead) in groups.items()]
         self._urgent = False
         wakes = self._wakes
+        now = self.clock.now()
         claimed = await self._call(
-            "claim_slots", self.owner, self.clock.now(), self.settings.lease_s, slots
+            "claim_slots", self.owner, now, self.settings.lease_s, slots, now + self.ahead
         )
         got = {str(item.run.kind) for item in claimed}
         for group in groups:
@@ -322,9 +352,12 @@ class Worker:
         current = chan.supervisor  # this task (asyncio.current_task() costs more, in 3.11)
         assert current is not None
         chan.exec_task = current
-        if not getattr(executor, "reports_start", False):
-            chan.started()
         try:
+            early = (run.run_at - self.clock.now()).total_seconds()
+            if early > 0:  # claimed ahead of its time (Settings.fire_ahead_s)
+                await self.clock.sleep(early)
+            if not getattr(executor, "reports_start", False):
+                chan.started()
             return await executor.execute(task, chan)
         except asyncio.CancelledError:
             if chan.kill_reason is None:  # cancelled from outside: the worker is going away

@@ -6,7 +6,7 @@ import copy
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, literal_column, select, update
+from sqlalchemy import Connection, bindparam, exists, func, literal_column, or_, select, update
 from sqlalchemy.exc import OperationalError
 
 from nightshift.domain.misfire import FirePlan, Skip
@@ -29,9 +29,16 @@ _ACTIVE = [literal_column(f"'{s}'") for s in ACTIVE]
 def _due(dialect: str) -> Any:
     # The definitions come from the JobCache: only what changes without a catalog bump, and
     # updated_at, which tells a definition changed under this statement (see _due_jobs).
+    when = jobs.c.next_fire_at.type
+    # Due by the horizon, and either due now or safe to fire ahead (FiringStore.fire_due).
+    ahead = or_(
+        jobs.c.next_fire_at <= bindparam("now", type_=when),
+        jobs.c.overlap == literal_column("'allow'"),
+        ~exists().where(runs.c.job_id == jobs.c.id, runs.c.status.in_(_ACTIVE)),
+    )
     due = (
         select(jobs.c.id, jobs.c.next_fire_at, jobs.c.updated_at)
-        .where(schedulable, jobs.c.next_fire_at <= bindparam("now", type_=jobs.c.next_fire_at.type))
+        .where(schedulable, jobs.c.next_fire_at <= bindparam("horizon", type_=when), ahead)
         .order_by(jobs.c.next_fire_at)
         .limit(bindparam("n"))
     )
@@ -81,11 +88,14 @@ class FiringStore:
     _dialect: Dialect
     _job_cache: JobCache
 
-    def fire_due(self, now: datetime, planner: Planner, limit: int) -> int:
+    def fire_due(
+        self, now: datetime, planner: Planner, limit: int, horizon: datetime | None = None
+    ) -> int:
+        params = {"now": now, "horizon": max(now, horizon or now), "n": limit}
         with self._tx.write() as conn:
             if self._dialect.name == "postgresql":
                 _IN_ORDER.rows(conn, {})
-            due = self._due_jobs(conn, _DUE.rows(conn, {"now": now, "n": limit}))
+            due = self._due_jobs(conn, _DUE.rows(conn, params))
             plans = [(job, planner(job)) for job in due]
             if self._dialect.name == "postgresql":
                 plans = _replaceable(conn, plans)

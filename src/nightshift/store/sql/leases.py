@@ -30,7 +30,14 @@ from nightshift.domain.models import CLAIM_ORDER, JSON
 from nightshift.domain.status import EXECUTING, RunStatus
 from nightshift.errors import Refused
 from nightshift.outage import one_line
-from nightshift.store.base import ClaimedRun, Completion, NewRun, RunProgress, SyncResult
+from nightshift.store.base import (
+    ClaimedRun,
+    ClaimSlot,
+    Completion,
+    NewRun,
+    RunProgress,
+    SyncResult,
+)
 from nightshift.store.sql.catalog import CATALOG_VERSION
 from nightshift.store.sql.codec import encode_job_changes, run_from_row
 from nightshift.store.sql.engine import Dialect, Transactions
@@ -46,12 +53,16 @@ _FINAL_FOR_PARENT = {"succeeded", "failed", "cancelled"}  # a stopped run may re
 
 # Prepared per dialect and run on the driver (see prepared.py): claiming and completing are
 # the hottest paths, and SQLAlchemy's per-statement machinery costs more than running them.
-def _candidates(dialect: str) -> Any:
+def _candidates(dialect: str, *, ahead: bool = False) -> Any:
+    when = runs.c.run_at.type
+    if ahead:  # due after now, by the horizon: the worker holds them until their time
+        after, horizon = bindparam("after", type_=when), bindparam("horizon", type_=when)
+        due = runs.c.run_at.between(after, horizon)
+    else:
+        due = runs.c.run_at <= bindparam("now", type_=when)
     query = (
         select(runs.c.id, runs.c.job_id, runs.c.exclusive)
-        .where(
-            runs.c.status == "pending", runs.c.run_at <= bindparam("now", type_=runs.c.run_at.type)
-        )
+        .where(runs.c.status == "pending", due)
         .where(one_of(runs.c.kind, "kinds", dialect))
         .order_by(*(runs.c[column] for column in CLAIM_ORDER))
         .limit(bindparam("n"))
@@ -63,12 +74,15 @@ def _candidates(dialect: str) -> Any:
 
 
 def _take(dialect: str) -> Any:
+    now = bindparam("now", type_=runs.c.started_at.type)
     return (
         update(runs)
         .where(one_of(runs.c.id, "ids", dialect))
         .values(
             status="running",
-            started_at=bindparam("now", type_=runs.c.started_at.type),
+            # A run claimed ahead of its time starts at it (the worker then records when it
+            # really did, with its outcome).
+            started_at=case((runs.c.run_at > now, runs.c.run_at), else_=now),
             lease_owner=bindparam("owner"),
             lease_expires_at=bindparam("expires", type_=runs.c.lease_expires_at.type),
         )
@@ -90,6 +104,7 @@ def _held(dialect: str) -> Any:
 
 
 _CANDIDATES = Prepares(_candidates)
+_CANDIDATES_AHEAD = Prepares(lambda dialect: _candidates(dialect, ahead=True))
 
 
 def _claim_start(dialect: str) -> Any:
@@ -113,24 +128,40 @@ class LeaseStore:
     _job_cache: JobCache
 
     def claim(
-        self, owner: str, now: datetime, lease_s: float, limit: int, kinds: Iterable[str]
+        self,
+        owner: str,
+        now: datetime,
+        lease_s: float,
+        limit: int,
+        kinds: Iterable[str],
+        horizon: datetime | None = None,
     ) -> list[ClaimedRun]:
-        return self.claim_slots(owner, now, lease_s, [(list(kinds), limit)])
+        return self.claim_slots(owner, now, lease_s, [(list(kinds), limit)], horizon)
 
     def claim_slots(
         self,
         owner: str,
         now: datetime,
         lease_s: float,
-        slots: Sequence[tuple[Sequence[str], int]],
+        slots: Sequence[ClaimSlot],
+        horizon: datetime | None = None,
     ) -> list[ClaimedRun]:
         expires = now + timedelta(seconds=lease_s)
+        # Just after now: the ahead query must not take a run the due one left (BETWEEN is
+        # inclusive, and a microsecond is the columns' resolution).
+        after = now + timedelta(microseconds=1)
         with self._tx.write() as conn:
             (start,) = _CLAIM_START.rows(conn, {})
             chosen: list[int] = []
-            for kinds, limit in slots:
+            for kinds, limit, *more in slots:
                 params = {"now": now, "kinds": list(kinds), "n": limit}
-                for row in _CANDIDATES.rows(conn, params):
+                rows = _CANDIDATES.rows(conn, params) if limit > 0 else []
+                ahead = more[0] if more and more[0] is not None else limit - len(rows)
+                backlog = limit > 0 and len(rows) == limit  # served before any run ahead
+                if horizon is not None and horizon > now and ahead > 0 and not backlog:
+                    params.update(after=after, horizon=horizon, n=ahead)
+                    rows += _CANDIDATES_AHEAD.rows(conn, params)
+                for row in rows:
                     if row["exclusive"] and not _take_slot(conn, row["job_id"], row["id"]):
                         continue
                     chosen.append(row["id"])
