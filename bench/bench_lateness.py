@@ -59,6 +59,7 @@ from benchlib import (
 from sqlalchemy import text
 
 GRACE_S = 15.0
+SHOW_INSTANTS = False  # --instants
 
 
 def whole_second_after(moment: datetime) -> datetime:
@@ -230,6 +231,14 @@ def per_instant(started: list[Any]) -> dict[str, float | None]:
     for r in started:
         late = (r.started_at - r.scheduled_for).total_seconds()
         by_instant.setdefault(r.scheduled_for, []).append(late)
+    if SHOW_INSTANTS:
+        for instant, late in sorted(by_instant.items()):
+            ms = sorted(x * 1000 for x in late)
+            print(
+                f"  {instant:%H:%M:%S}: {len(ms)} started, first / p50 / p99 / last"
+                f" {ms[0]:.1f} / {ms[len(ms) // 2]:.1f} / {ms[int(len(ms) * 0.99)]:.1f}"
+                f" / {ms[-1]:.1f} ms"
+            )
     firsts = [min(late) for late in by_instant.values()]
     lasts = [max(late) for late in by_instant.values()]
     rates = [
@@ -261,7 +270,12 @@ def main() -> None:
     parser.add_argument(
         "--schedulers", type=int, default=1, help="PostgreSQL: scheduler processes in all"
     )
+    parser.add_argument(
+        "--instants", action="store_true", help="print each instant's starts and lateness"
+    )
     args = parser.parse_args()
+    global SHOW_INSTANTS  # a flag for the analysis, set once here
+    SHOW_INSTANTS = args.instants
     quiet_logging()
     results = Results(args.json)
     for backend in backends(args):

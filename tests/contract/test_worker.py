@@ -541,3 +541,34 @@ async def test_closing_returns_runs_held_for_their_time_to_pending(ahead, store,
     back = store.get_run(run.id)
     assert back.status == S.PENDING and back.run_at == run.run_at
     assert not out.exists()
+
+
+async def test_a_run_not_held_ahead_starts_at_its_time_after_claims_of_other_kinds(  # type: ignore[no-untyped-def]
+    store, settings, tmp_path, monkeypatch
+) -> None:
+    """A fresh worker holds no python run ahead (it does not know yet how long they take):
+    that run is claimed at its time, even when claims of other kinds came between."""
+    monkeypatch.setattr(worker_module, "POLL_S", 10.0)  # the fallback would be far too late
+    settings = settings.model_copy(update={"fire_ahead_s": 2.0})
+    clock = SystemClock()
+    worker = Worker(store, clock, settings, build_executors(settings))
+    service = Service(store, clock, settings, worker.executors, on_change=worker.wake)
+    await worker.start()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    stop = asyncio.Event()
+    runner = asyncio.create_task(worker.run(stop))
+    try:
+        out = tmp_path / "began"
+        run = later(store, py(service, "sleeps", params={"seconds": 0, "out": str(out)}).id, 0.8)
+        url = f"http://127.0.0.1:{server.server_port}/ping"
+        ping = service.create_job({"name": "ping", "kind": "http", "config": {"url": url}})
+        service.run_now(ping.id)  # claimed now, on its own: the python run is not due yet
+        await until(lambda: store.get_run(run.id).status == S.SUCCEEDED, timeout=8)
+        done = store.get_run(run.id)
+        assert run.run_at <= done.started_at < run.run_at + timedelta(seconds=0.5)
+    finally:
+        stop.set()
+        await runner
+        await worker.close(grace_s=0)
+        server.shutdown()

@@ -21,6 +21,7 @@ import pytest_asyncio
 
 from nightshift.worker.child import _Channel, _Frames
 from nightshift.worker.executor import MemoryIO
+from nightshift.worker.framing import complete_frames, receive
 from nightshift.worker.pool import PIPELINE_DEPTH, ChildProcess, PoolClosed, ProcessPool
 
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -675,3 +676,124 @@ async def test_the_log_capture_survives_a_job_that_unhooks_logging(make_pool: Ma
         ("WARNING", "library warning"),
         ("INFO", "printed line"),
     ]
+
+
+# -- tasks held for their time (a run claimed ahead) -----------------------------------------------
+
+
+class TimedIO(MemoryIO):
+    """Notes when the task began, by its child's report."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.began: float | None = None
+
+    def started(self, ago: float = 0.0) -> None:
+        super().started(ago)
+        self.began = time.time() - ago
+
+
+async def test_tasks_held_for_their_time_wait_in_the_children_and_start_then(
+    make_pool: MakePool,
+) -> None:
+    pool = await make_pool(2)
+    at = time.time() + 0.5
+    ios = [TimedIO() for _ in range(40)]
+    runs = [
+        asyncio.create_task(pool.run(payload("pid", n), io, order=(n,), start_in=at - time.time()))
+        for n, io in enumerate(ios)
+    ]
+    # Each child has its share in its pipe before their time; nothing has begun.
+    await wait_until(lambda: pool.waiting == 0 and all(c.task for c in pool.children))
+    assert sorted(len(c.queue) for c in pool.children) == [19, 19]
+    assert all(io.started_count == 0 for io in ios)
+    outcomes = await asyncio.gather(*runs)
+    assert [o["status"] for o in outcomes] == ["succeeded"] * 40
+    for io in ios:
+        assert io.started_count == 1
+        assert io.began is not None and at <= io.began < at + 1.0  # never before its time
+    # Each run's log line reached its own io, though its child sent them in batches.
+    pids = [logged_pid(io) for io in ios]
+    assert set(pids) == {c.pid for c in pool.children}
+
+
+async def test_a_cancelled_task_held_for_its_time_never_runs_and_its_child_lives(
+    make_pool: MakePool, tmp_path: Path
+) -> None:
+    pool = await make_pool(1)
+    [child] = pool.children
+    marker = tmp_path / "ran"
+    io = TimedIO()
+    held = asyncio.create_task(pool.run(payload("touch", path=str(marker)), io, start_in=0.4))
+    await wait_until(lambda: child.task is not None)
+    held.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await held
+    await asyncio.sleep(0.6)  # past its time
+    assert not marker.exists() and io.started_count == 0
+    # Revoked, not killed: the same process runs the next task at once.
+    after = RecordingIO()
+    assert (await pool.run(payload("pid"), after))["status"] == "succeeded"
+    assert pool.children == [child] and logged_pid(after) == child.pid
+
+
+def test_a_child_coalescing_sends_what_it_kept_in_order_on_flush() -> None:
+    parent, child_end = multiprocessing.Pipe()
+    channel = _Channel(child_end)
+    channel.coalesce()
+    assert channel.take(1)
+    channel.send(("began", 1, 0.0))
+    channel.emit(("log", "INFO", "one"))
+    channel.finish(("done", {}), 1)
+    assert not parent.poll(0.05)  # kept
+    channel.flush()
+    assert [parent.recv() for _ in range(3)] == [
+        ("began", 1, 0.0),
+        ("log", "INFO", "one"),
+        ("done", {}),
+    ]
+    channel.send(("log", "INFO", "after"))  # not coalescing: sent at once
+    assert parent.poll(1.0) and parent.recv() == ("log", "INFO", "after")
+
+
+def test_a_child_keeps_nothing_longer_than_the_coalescing_bound() -> None:
+    parent, child_end = multiprocessing.Pipe()
+    channel = _Channel(child_end)
+    threading.Thread(target=channel.flush_forever, daemon=True).start()
+    channel.coalesce()
+    channel.send(("began", 1, 0.0))  # a task that runs long: its start is told all the same
+    assert parent.poll(2.0) and parent.recv() == ("began", 1, 0.0)
+
+
+async def test_the_parent_never_waits_on_a_child_that_does_not_read() -> None:
+    """Hundreds of control messages (revokes) to a child busy writing its own answers: the
+    parent keeps what the socket cannot take and writes it as the child reads."""
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    tasks_read, tasks_write = multiprocessing.Pipe(duplex=False)
+
+    class Process:
+        pid = os.getpid()
+
+    child = ChildProcess(Process(), ours, tasks_write, loop)  # type: ignore[arg-type]
+    try:
+        began = time.monotonic()
+        for n in range(20_000):
+            child.send(("revoke", n))
+        assert time.monotonic() - began < 5.0 and child.outbox  # nothing waited for the child
+        buffer, received = bytearray(), []
+        deadline = time.monotonic() + 30
+        while len(received) < 20_000 and time.monotonic() < deadline:
+            receive(theirs, buffer, 16)  # the child reads, and the parent writes the rest
+            frames, used = complete_frames(buffer)
+            del buffer[:used]
+            received += [pickle.loads(data) for data in frames]
+            await asyncio.sleep(0)
+        assert received == [("revoke", n) for n in range(20_000)]
+        assert not child.outbox
+    finally:
+        child.stop_writing()
+        for end in (ours, theirs):
+            end.close()
+        tasks_read.close()
+        tasks_write.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from nightshift.clock import Clock
@@ -58,13 +58,15 @@ class RunChannel:
     async def enqueue(self, job: str, params: JSON | None, low_priority: bool) -> int:
         return await self._enqueue(self.run, job, params, low_priority)
 
-    def started(self) -> None:
+    def started(self, ago: float = 0.0) -> None:
         if self.started_at is not None:
             return
         self.started_at = self._clock.now()
+        if ago > 0:
+            self.started_at -= timedelta(seconds=ago)
         if self.job.timeout_s:
             loop = asyncio.get_running_loop()
-            self._deadline = loop.call_later(self.job.timeout_s, self.kill, "timeout")
+            self._deadline = loop.call_later(self.job.timeout_s - ago, self.kill, "timeout")
 
     def should_stop(self) -> bool:
         return self._stopping

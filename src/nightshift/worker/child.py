@@ -12,7 +12,13 @@ JSON-safe data (multiprocessing's framing), over two pipes:
   itself between tasks, so a task costs no hand-over from the receiver thread. `n` counts the
   task messages this process was sent. The parent may queue tasks behind a running one, and
   write several in one go: the main thread reads the pipe through a buffer (`_Frames`), so
-  the tasks that lie there cost one read.
+  the tasks that lie there cost one read. A payload with "at" (time.time()) is held until
+  then (or until it is revoked), and reported ("began", n, time) when it starts.
+
+While it works through tasks held for a time that has come (a big instant), what it sends is
+kept and written in one go once no such task is next, or after COALESCE_S: the parent then
+handles those messages after the instant's starts rather than taking a core from them
+(bench/PROFILE.md, session 14). Everything it sends goes through that one buffer, in order.
 
 A lock serialises writes, and nothing about a task is sent after its "done". A graceful stop
 names its task's `n` (it may arrive just before its task), so a late one never reaches the
@@ -51,9 +57,11 @@ from typing import Any
 from nightshift.context import Context
 from nightshift.domain.signals import Signal
 from nightshift.worker.executor import error_info
-from nightshift.worker.framing import complete_frames
+from nightshift.worker.framing import complete_frames, frame
 
 PROGRESS_INTERVAL_S = 0.1
+#: The longest a message is kept while the process works through tasks due together.
+COALESCE_S = 0.02
 _READ_SIZE = 1 << 16
 _INTERNAL_FILES = (os.path.abspath(__file__), os.path.dirname(os.path.abspath(asyncio.__file__)))
 
@@ -84,6 +92,7 @@ def main(
     threading.Thread(
         target=channel.receive_forever, name="nightshift-receiver", daemon=True
     ).start()
+    threading.Thread(target=channel.flush_forever, name="nightshift-flusher", daemon=True).start()
     level = logging.getLevelName(log_level) if isinstance(log_level, str) else log_level
     if not isinstance(level, int):
         level = logging.INFO
@@ -91,14 +100,34 @@ def main(
     frames = _Frames(tasks.fileno())
     channel.send(("ready", errors))
     while True:
+        if not _due_next(frames):
+            channel.flush()  # nothing due to start next: the parent hears everything now
         try:
             message = frames.recv()
         except (EOFError, OSError):
             break  # the parent is gone
         if message[0] == "shutdown" or channel.orphaned:
             break
-        if message[0] == "task" and channel.take(message[1]):
-            _run_task(message[1], message[2], message[3], channel, capture)
+        if message[0] != "task":
+            continue
+        n, payload = message[1], message[2]
+        at = payload.get("at")
+        if at is not None:
+            channel.hold(n, at)
+        if channel.take(n):
+            if at is not None:
+                channel.coalesce()
+                channel.send(("began", n, time.time()))
+            _run_task(n, payload, message[3], channel, capture)
+
+
+def _due_next(frames: _Frames) -> bool:
+    """Whether the next task, already read, is one held for a time that has come."""
+    message = frames.peek()
+    if message is None or message[0] != "task":
+        return False
+    at = message[2].get("at")
+    return at is not None and at <= time.time()
 
 
 class _Frames:
@@ -110,9 +139,19 @@ class _Frames:
         self._fd = fd
         self._buffer = bytearray()
         self._ready: deque[bytearray] = deque()
+        self._peeked: Any = None
+
+    def peek(self) -> Any:
+        """The next message if it has been read already (it stays next), else None."""
+        if self._peeked is None and self._ready:
+            self._peeked = pickle.loads(self._ready.popleft())
+        return self._peeked
 
     def recv(self) -> Any:
         """The next message (blocking); EOFError once the pipe is closed."""
+        if self._peeked is not None:
+            message, self._peeked = self._peeked, None
+            return message
         while not self._ready:
             # A pipe gives at most its capacity (64 KiB, 1 MiB at most) per read.
             chunk = os.read(self._fd, _READ_SIZE)
@@ -145,6 +184,9 @@ class _Channel:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # a revoke, the parent went, a hold
+        self._held: list[bytes] | None = None  # messages kept while coalescing (see flush)
+        self._held_since = 0.0
         self._active = False
         self._pending: dict[int, _Pending] = {}
         self._ids = itertools.count(1)
@@ -161,7 +203,49 @@ class _Channel:
 
     def send(self, message: tuple[Any, ...]) -> None:
         with self._lock:
-            self._conn.send_bytes(_dumps(message))
+            self._write(_dumps(message))
+
+    def _write(self, data: bytes) -> None:
+        """Send a message, or keep it while coalescing (under the lock)."""
+        if self._held is None:
+            self._conn.send_bytes(data)
+        else:
+            self._held.append(data)
+
+    def coalesce(self) -> None:
+        """Keep what is sent from now on until `flush`, or COALESCE_S at most (the flusher
+        thread: a task that runs long has its messages sent all the same)."""
+        with self._lock:
+            if self._held is None:
+                self._held = []
+                self._held_since = time.monotonic()
+                self._changed.notify_all()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        held, self._held = self._held, None
+        if held:
+            fd = self._conn.fileno()
+            view = memoryview(b"".join(frame(data) for data in held))
+            while view:
+                view = view[os.write(fd, view) :]
+
+    def flush_forever(self) -> None:
+        """The flusher thread: what is kept longer than COALESCE_S goes."""
+        with self._changed:
+            while True:
+                if self._held is None:
+                    self._changed.wait()
+                    continue
+                left = self._held_since + COALESCE_S - time.monotonic()
+                if left > 0:
+                    self._changed.wait(left)
+                    continue
+                with contextlib.suppress(OSError):  # the parent is gone: the receiver says so
+                    self._flush()
 
     def take(self, n: int) -> bool:
         """The main thread starts task n now, unless it was revoked."""
@@ -175,24 +259,35 @@ class _Channel:
             self._active = True
             return True
 
+    def hold(self, n: int, at: float) -> None:
+        """The main thread: wait for task n's time (time.time() `at`), unless it is revoked
+        meanwhile (then `take` skips it)."""
+        with self._changed:
+            while n not in self._revoked and not self.orphaned:
+                left = at - time.time()
+                if left <= 0:
+                    return
+                self._changed.wait(left)
+
     def revoke(self, n: int) -> None:
         """The receiver thread: answer whether task n will not run."""
         with self._lock:
             ok = n > self._taken
             if ok:
                 self._revoked.add(n)
+                self._changed.notify_all()
             with contextlib.suppress(OSError):  # the parent is gone: the next recv says so
-                self._conn.send_bytes(_dumps(("revoked", n, ok)))
+                self._write(_dumps(("revoked", n, ok)))
 
     def emit(self, message: tuple[Any, ...]) -> None:
         """Send a message about the current task; dropped once the task is done."""
         with self._lock:
             if self._active:
-                self._conn.send_bytes(_dumps(message))
+                self._write(_dumps(message))
 
     def finish(self, message: tuple[Any, ...], n: int) -> None:
         with self._lock:
-            self._conn.send_bytes(_dumps(message))
+            self._write(_dumps(message))
             self._active = False
             pending, self._pending = self._pending, {}
         for waiter in pending.values():
@@ -208,7 +303,8 @@ class _Channel:
                 raise LookupError("the run has ended")
             request_id = next(self._ids)
             self._pending[request_id] = waiter
-            self._conn.send_bytes(_dumps(("enqueue", request_id, job, params, low_priority)))
+            self._write(_dumps(("enqueue", request_id, job, params, low_priority)))
+            self._flush()  # it waits for the answer
         waiter.event.wait()
         if waiter.error is not None or waiter.value is None:
             raise LookupError(waiter.error or "no run was created")
@@ -224,6 +320,7 @@ class _Channel:
                     self.orphaned = True
                     if self._active:
                         os._exit(1)
+                    self._changed.notify_all()
                 return
             if message[0] == "reply":
                 with self._lock:
@@ -427,10 +524,12 @@ def _run_task(
             backend=backend,
         )
         capture.begin()
+        began = time.perf_counter()
         try:
             outcome = _call(payload["function"], ctx, backend)
         finally:
             capture.end()
+        outcome["took"] = time.perf_counter() - began
         backend.flush()
     except BaseException as exc:  # a failure of ours: report it rather than hang the parent
         outcome = {"status": "failed", "error": error_info(exc), "permanent": False}

@@ -28,6 +28,10 @@ class Task:
     #: Where the run stands among runs waiting for the same slots (smaller goes first): the
     #: claim order (low priority last, then fair-share rank, due time, id).
     order: tuple[Any, ...] = ()
+    #: Seconds until the run may start, for a kind with `starts_on_time` (the python pool's
+    #: processes start it at its time themselves); 0 for the others, which the worker hands
+    #: their runs at their time.
+    start_in: float = 0.0
 
 
 @dataclass(slots=True)
@@ -41,6 +45,9 @@ class Outcome:
     signal: Signal | None = None  # python jobs: what the return value asks of the job
     deactivate: str | None = None  # a reason to disable the job (import error, bad return value)
     state: Any = None  # the last checkpoint, when the run saved one
+    #: Seconds the job itself ran, when the kind measures it (the python kind's process):
+    #: without the waits and hand-overs around it.
+    took: float | None = None
 
 
 class RunIO(Protocol):
@@ -58,9 +65,10 @@ class RunIO(Protocol):
     async def enqueue(self, job: str, params: JSON | None, low_priority: bool) -> int:
         """Create a child run of the named job in the same app; returns its id."""
 
-    def started(self) -> None:
-        """The execution really begins now (a kind that waits for a slot, like the python
-        process pool, calls this when the run gets one; timeouts count from here)."""
+    def started(self, ago: float = 0.0) -> None:
+        """The execution really begins now, or began `ago` seconds ago (a kind that waits for
+        a slot, like the python process pool, calls this when the run gets one; timeouts count
+        from here)."""
 
     def should_stop(self) -> bool:
         """Whether a graceful stop was asked for."""
@@ -123,7 +131,7 @@ class MemoryIO:
         self.children.append((job, params, low_priority))
         return len(self.children)
 
-    def started(self) -> None:
+    def started(self, ago: float = 0.0) -> None:
         self.started_count += 1
 
     def should_stop(self) -> bool:

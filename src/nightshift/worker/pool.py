@@ -37,6 +37,14 @@ another child is idle (no waiting behind a long job), and queued tasks at a recy
 when its predecessor's "done" arrives (or the answer that a revoked predecessor was skipped).
 A child that dies before that gives its queued tasks back to the queue, in their places.
 
+A task may start at a time of its own (`run(..., start_in=)`, a run claimed ahead of its
+time): it goes to a child at once, and is queued behind the child with the fewest queued
+(beyond `depth`, as far as the pipe's budget goes; task pipes are enlarged to TASK_PIPE_BYTES).
+The child holds it until its time, then reports ("began", n, time), and `io.started()` is
+called with that time. Until then it can be revoked like a queued task; so a cancelled one
+never runs, and its child is not killed. At a big instant each child then starts its own
+runs, with nothing left for this process to hand over (bench/PROFILE.md, session 14).
+
 A cancelled waiting task just leaves the queue; a cancelled running task kills its child
 (SIGKILL: a job in a CPU loop ignores everything else). A child that dies, busy or idle, is
 replaced in the background. POSIX only (`add_reader` on file descriptors).
@@ -55,6 +63,7 @@ import pickle
 import signal
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -80,6 +89,9 @@ PIPELINE_DEPTH = 8
 REFILL_AT = 4
 #: How long a child whose pipe was closed may take to exit before it is killed.
 EXIT_GRACE_S = 5.0
+#: The capacity asked for each child's task pipe (Linux allows up to 1 MiB unprivileged):
+#: room for ~1,500 tasks held for their time, half of it.
+TASK_PIPE_BYTES = 1 << 20
 _MAX_READS = 16  # per readable callback, so that one chatty child cannot hog the loop
 
 
@@ -91,6 +103,7 @@ class _Task:
     """One run on its way through the pool: waiting in the heap, then on a child."""
 
     __slots__ = (
+        "at",
         "began",
         "big",
         "cancelled",
@@ -121,6 +134,7 @@ class _Task:
         self.seq = seq  # FIFO among equal orders
         self.future = future
         self.state: Any = payload.get("state")  # the last checkpoint, for a died outcome
+        self.at: float | None = payload.get("at")  # when it may start (time.time()), if held
         self.child: ChildProcess | None = None  # running on it, or queued behind its task
         self.n = 0  # its number on that child (the child's messages about it carry it)
         self.stop = False  # a stop was sent to the child
@@ -145,6 +159,9 @@ class ChildProcess:
         self.pid: int | None = process.pid  # kept: the process object is closed once reaped
         self.sock = sock
         self.fd = sock.fileno()
+        self.loop = loop
+        #: Control messages not written yet: the socket was full (see `send`).
+        self.outbox = bytearray()
         self.tasks = tasks  # the write end of the task pipe
         self.queue_limit = _queue_limit(tasks)
         self.buffer = bytearray()  # an incomplete message, received in part
@@ -200,8 +217,38 @@ class ChildProcess:
             self.piped_bytes -= piped.popleft()[1]
 
     def send(self, message: tuple[Any, ...]) -> None:
-        """Frame and write one control message (the child's receiver thread always reads)."""
-        self.sock.sendall(frame(_dumps(message)))
+        """Frame and write one control message, without waiting: what the socket cannot take
+        now is written when it can (a writer callback). The child's receiver thread may itself
+        be waiting to write an answer while this process is busy sending (hundreds of revokes
+        at once): a blocking write here would wait for it forever."""
+        data = frame(_dumps(message))
+        if not self.outbox:
+            try:
+                sent = self.sock.send(data, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+            self.loop.add_writer(self.fd, self._write_outbox)
+        self.outbox += data
+
+    def _write_outbox(self) -> None:
+        try:
+            sent = self.sock.send(self.outbox, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # the child is gone: its exit is on its way
+            sent = len(self.outbox)
+        del self.outbox[:sent]
+        if not self.outbox:
+            self.loop.remove_writer(self.fd)
+
+    def stop_writing(self) -> None:
+        if self.outbox:
+            self.outbox.clear()
+            if not self.loop.is_closed():
+                self.loop.remove_writer(self.fd)
 
     def kill(self) -> None:
         with contextlib.suppress(OSError, ValueError, AttributeError):
@@ -369,7 +416,12 @@ class ProcessPool:
     # -- running a task -----------------------------------------------------------------------
 
     async def run(
-        self, payload: dict[str, Any], io: RunIO, *, order: tuple[Any, ...] = ()
+        self,
+        payload: dict[str, Any],
+        io: RunIO,
+        *,
+        order: tuple[Any, ...] = (),
+        start_in: float = 0.0,
     ) -> dict[str, Any]:
         """Run one task on a child, relaying its messages to `io`; returns the outcome dict.
 
@@ -378,9 +430,14 @@ class ProcessPool:
         the task starts on a child. Cancelled before that, the task never runs (it leaves the
         queue, or is revoked from a child); cancelled while running, its child is killed (and
         replaced). CancelledError propagates.
+
+        `start_in` > 0: the task starts that many seconds from now, not sooner (see the
+        module's docstring); `io.started()` is then called with how long ago it began.
         """
         if self._closed:
             raise PoolClosed("the python process pool is closed")
+        if start_in > 0:
+            payload = {**payload, "at": time.time() + start_in}
         loop = self._loop or asyncio.get_running_loop()
         task = _Task(payload, io, order, next(self._seq), loop.create_future())
         heapq.heappush(self._waiting, (order, task.seq, task))
@@ -414,8 +471,33 @@ class ProcessPool:
                     return
                 if not child.queue and self._queueable(child):
                     self._fill(child, 1)
+            if waiting and waiting[0][2].at is not None:
+                self._spread()
         elif self._idle:
             self._unblock()
+
+    def _spread(self) -> None:
+        """Queue the best waiting tasks while they are held for a time of their own, each
+        behind the child with the fewest queued, as far as the pipes' budgets go."""
+        waiting = self._waiting
+        children = [child for child in self._children if self._queueable(child)]
+        while waiting and children:
+            if waiting[0][2].at is None:
+                return
+            child = min(children, key=lambda each: len(each.queue))
+            frames: list[bytes] = []
+            batch = self._take(child, child.sent + 1, 1, 0, frames)
+            if not batch:
+                children.remove(child)  # its pipe is full (or the task too big to queue)
+                continue
+            try:
+                child.write(b"".join(frames))
+            except (OSError, ValueError):  # the child is gone: its exit is on its way
+                task = batch[0][0]
+                heapq.heappush(waiting, (task.order, task.seq, task))
+                children.remove(child)
+                continue
+            self._queued(child, batch)
 
     def _queueable(self, child: ChildProcess) -> bool:
         task = child.task
@@ -518,8 +600,7 @@ class ProcessPool:
             child.sent_task(task, stop, size)
             child.state = "busy"
             child.task = task
-            assert self._loop is not None
-            child.since = self._loop.time()
+            child.since = self._since(task)
             self._watch_stop(task)
             self._begin(task)
         for queued, queued_stop, queued_size in batch:
@@ -529,16 +610,23 @@ class ProcessPool:
             # hears of it, and keeps a stop for a task it has not started yet.
             self._watch_stop(queued)
 
-    def _begin(self, task: _Task) -> None:
-        """The task starts now: io.started()."""
-        if task.began or task.cancelled:
+    def _since(self, task: _Task) -> float:
+        """The loop time at which a child's new current task starts (a held one: its time)."""
+        assert self._loop is not None
+        now = self._loop.time()
+        return now if task.at is None else now + max(0.0, task.at - time.time())
+
+    def _begin(self, task: _Task, ago: float | None = None) -> None:
+        """The task starts now, or began `ago` seconds ago: io.started(). A task held for its
+        time begins when its child says so ("began")."""
+        if task.began or task.cancelled or (task.at is not None and ago is None):
             return
         task.began = True
         io = task.io
         started = getattr(io, "started", None)
         if started is not None:
             try:
-                started()
+                started(ago) if ago else started()
             except Exception:
                 log.exception("io.started() failed for a python job")
         if not task.stop and io.should_stop():  # asked while it was queued, before a poll
@@ -590,6 +678,10 @@ class ProcessPool:
             if not child.queue or all(queued.revoking for queued in child.queue):
                 continue
             due = child.since + HOL_S
+            if child.task is not None and child.task.at is not None:
+                # Working through tasks held for their time, it tells of them in batches
+                # (child.COALESCE_S): what is known here of it may be that old.
+                due += child_module.COALESCE_S
             if due <= now:
                 for queued in list(child.queue):
                     self._revoke(queued)
@@ -644,8 +736,7 @@ class ProcessPool:
             return
         # The child has started it already (unless a revoke got there first: the answer tells).
         task = child.task = queue.popleft()
-        assert self._loop is not None
-        child.since = self._loop.time()
+        child.since = self._since(task)
         if not task.revoking:
             self._begin(task)
         if self._waiting:
@@ -667,8 +758,10 @@ class ProcessPool:
             self._unqueue(task)
             return
         task.cancelled = True
-        if task is child.task:
+        if task is child.task and (task.began or task.at is None):
             self._kill_running(child)
+        elif task is child.task:
+            self._revoke(task)  # held for its time: revoked, it never runs (or it began: killed)
         elif task in child.queue:
             self._revoke(task)  # its answer decides: dropped, or killed if it started
 
@@ -712,8 +805,12 @@ class ProcessPool:
             if tag == "ready" and not child.ready.done():
                 child.ready.set_result(message[1])
             return  # a stale message of a task that was cancelled
+        if tag == "began":  # a task held for its time has started (its child's clock)
+            if task.n == message[1]:
+                self._begin(task, max(0.0, time.time() - message[2]))
+            return
         if not task.began and not task.cancelled:
-            self._begin(task)  # a revoke was on its way, too late: it runs
+            self._begin(task, 0.0)  # a revoke was on its way, too late: it runs
         if tag == "done":
             outcome: dict[str, Any] = message[1]
             outcome.setdefault("state", task.state)
@@ -809,6 +906,10 @@ class ProcessPool:
         generation = self._generation
         parent_conn, child_conn = self._mp.Pipe(duplex=True)
         task_reader, task_writer = self._mp.Pipe(duplex=False)
+        with contextlib.suppress(AttributeError, OSError):  # else the default (64 KiB)
+            import fcntl
+
+            fcntl.fcntl(task_writer.fileno(), fcntl.F_SETPIPE_SZ, TASK_PIPE_BYTES)  # type: ignore[attr-defined]
         process = self._mp.Process(
             target=child_module.main,
             args=(child_conn, task_reader, self._imports, self._sys_path, self._log_level),
@@ -875,6 +976,7 @@ class ProcessPool:
         child.reading = True
 
     def _unwatch(self, child: ChildProcess) -> None:
+        child.stop_writing()
         loop = self._loop if self._loop is not None and not self._loop.is_closed() else None
         if child.reading:
             child.reading = False

@@ -67,6 +67,7 @@ def _split_reference(reference: str) -> tuple[str, str] | None:
 class PythonExecutor:
     kind = JobKind.PYTHON
     reports_start = True  # io.started() is called once the run has a process
+    starts_on_time = True  # a run handed over before its time starts at it (Task.start_in)
 
     def __init__(
         self,
@@ -195,7 +196,7 @@ class PythonExecutor:
             "state": task.state,
         }
         try:
-            outcome = await pool.run(payload, io, order=task.order)
+            outcome = await pool.run(payload, io, order=task.order, start_in=task.start_in)
         except Exception as exc:  # the pool's own failure (closed, cannot start a process)
             return Outcome(status="failed", error=error_info(exc), state=task.state)
         signal = outcome.get("signal")
@@ -207,4 +208,5 @@ class PythonExecutor:
             signal=Signal(signal) if signal else None,
             deactivate=outcome.get("deactivate"),
             state=outcome.get("state"),
+            took=outcome.get("took"),
         )
