@@ -14,8 +14,12 @@ keeps going until every run of the window has finished (at most 15 s), then stop
 database:
 - start lateness = started_at - scheduled_for (runs that started);
 - fire lateness = created_at - scheduled_for (the run row's created_at is the `now` of the
-  scheduler tick that inserted it: it shows how late the tick began, not when its transaction
+  scheduler tick that inserted it, or the fire's time for a fire made ahead of it
+  (Settings.fire_ahead_s): it shows how late the tick began, not when its transaction
   committed);
+- the same start lateness without the first instant after the service started, when it is in
+  the window: a worker holds runs ahead of their time only once it has seen how long they
+  take, so that instant is served at its time (bench/PROFILE.md, session 14);
 - missed = expected (job, slot) pairs with no started run; of those, `skipped` were recorded
   as skipped by the overlap policy (a fire while the previous run still waited) and
   `not_started` had a run that never started before the stop;
@@ -138,7 +142,9 @@ def run(backend: str, jobs: int, duration: int, schedulers: int, results: Result
         finally:
             for proc in extra:
                 stop_process(proc)
-        figures, context = analyse(db.url, ids, window["start"], window["end"], jobs, duration)
+        figures, context = analyse(
+            db.url, ids, window["start"], window["end"], jobs, duration, first=start_at
+        )
         tick_summary = ticks.summary()
         tick_summary["fires_per_tick"] = tick_summary.pop("per_call", None)
         results.add(
@@ -175,8 +181,15 @@ def _bind(engine: Any, moment: datetime) -> Any:
 
 
 def analyse(
-    url: str, ids: list[int], w0: datetime, w1: datetime, jobs: int, duration: int
+    url: str,
+    ids: list[int],
+    w0: datetime,
+    w1: datetime,
+    jobs: int,
+    duration: int,
+    first: datetime | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The figures of the window [w0, w1); `first` is the first fire after the start."""
     from nightshift.store import open_store
 
     store = open_store(url, migrate=False)
@@ -204,11 +217,16 @@ def analyse(
     start_late = [(r.started_at - r.scheduled_for).total_seconds() for r in started]
     fire_late = [(r.created_at - r.scheduled_for).total_seconds() for r in runs]
     start_spread = spread_ms(start_late)
+    warm = spread_ms(
+        [late for r, late in zip(started, start_late, strict=True) if r.scheduled_for != first]
+    )
     fire_spread = spread_ms(fire_late)
     figures = {
         "start_p50_ms": start_spread["p50_ms"],
         "start_p99_ms": start_spread["p99_ms"],
         "start_max_ms": start_spread["max_ms"],
+        "warm_p99_ms": warm["p99_ms"],
+        "warm_max_ms": warm["max_ms"],
         "fire_p50_ms": fire_spread["p50_ms"],
         "fire_p99_ms": fire_spread["p99_ms"],
         "fire_max_ms": fire_spread["max_ms"],

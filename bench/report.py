@@ -142,6 +142,19 @@ def rows_for(row: dict[str, Any]) -> list[list[str]]:
                 load,
             ]
         )
+        if f.get("warm_p99_ms") is not None:
+            out.append(
+                [
+                    bench,
+                    backend,
+                    work,
+                    "start - scheduled p99 / max, without the first instant after start",
+                    f"{_n(f['warm_p99_ms'], 1)} / {_n(f['warm_max_ms'], 1)} ms",
+                    "-",
+                    "-",
+                    load,
+                ]
+            )
         out.append(
             [
                 bench,

@@ -172,9 +172,10 @@ class Worker:
                     await self._release_strays()
                 continue
             wait = self.settings.poll_s if self.notified() else POLL_S
-            if next_due is not None:
-                until = next_due - (self._claimed_until() - self.clock.now()) - self.clock.now()
-                wait = min(wait, max(0.0, until.total_seconds()))
+            if next_due is not None:  # claimed that long before its time (0 or fire_ahead_s)
+                now = self.clock.now()
+                lead = self._claimed_until() - now
+                wait = min(wait, max(0.0, (next_due - lead - now).total_seconds()))
             await _wait_any(self._wake, stop, timeout=wait)
             if not self._wake.is_set():  # the poll interval, or the next due run: look again
                 self._dry.clear()

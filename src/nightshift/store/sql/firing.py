@@ -225,7 +225,9 @@ def _apply(conn: Connection, job: Job, plan: FirePlan, now: datetime) -> list[di
                 low_priority=job.low_priority,
             ),
             job_row,
-            now,
+            # A fire made ahead of its time is created, as the run shows it, at that time:
+            # its waiting (created to started) is what it waited once due, as for any fire.
+            max(now, scheduled_for),
         )
         for scheduled_for, run_at in plan.runs
     ]
