@@ -93,7 +93,9 @@ class WorkerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         busy = {"process": 0, "loop": 0}
         for chan in self.worker.inflight.values():
-            busy["process" if chan.job.kind in _PROCESS_KINDS else "loop"] += 1
+            # Runs held for a process or for their time (claimed ahead) do not occupy a slot.
+            if chan.started_at is not None:
+                busy["process" if chan.job.kind in _PROCESS_KINDS else "loop"] += 1
         families = {
             "busy": GaugeMetricFamily(
                 "nightshift_worker_busy_slots", "Runs executing in this process", labels=["pool"]

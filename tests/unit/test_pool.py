@@ -797,3 +797,28 @@ async def test_the_parent_never_waits_on_a_child_that_does_not_read() -> None:
             end.close()
         tasks_read.close()
         tasks_write.close()
+
+
+async def test_tasks_held_for_their_time_go_behind_a_child_not_running_a_long_task(
+    make_pool: MakePool,
+) -> None:
+    pool = await make_pool(2)
+    long_io = RecordingIO()
+    long = asyncio.create_task(pool.run(payload("sleep", s=1.5), long_io))
+    await wait_until(lambda: long_io.started_count == 1)
+    [busy] = [c for c in pool.children if c.task is not None]
+    at = time.time() + 0.3
+    ios = [TimedIO() for _ in range(10)]
+    runs = [
+        asyncio.create_task(pool.run(payload("pid", n), io, start_in=at - time.time()))
+        for n, io in enumerate(ios)
+    ]
+    [free] = [c for c in pool.children if c is not busy]
+    placed = lambda: sum(len(c.queue) + (c.task is not None) for c in pool.children)  # noqa: E731
+    await wait_until(lambda: placed() == 11 and pool.waiting == 0)
+    assert time.time() < at  # placed before their time: all with the free child
+    assert not busy.queue and len(free.queue) == 9
+    await asyncio.gather(*runs)
+    assert all(io.began is not None and io.began < at + 0.5 for io in ios)  # not after the sleep
+    assert busy.pid not in {logged_pid(io) for io in ios}
+    await long

@@ -464,6 +464,10 @@ class ProcessPool:
         if not self.depth:
             return
         if waiting:
+            if waiting[0][2].at is not None:
+                self._spread()
+            if not waiting or waiting[0][2].at is not None:
+                return
             if refill is not None and len(refill.queue) <= REFILL_AT and self._queueable(refill):
                 self._fill(refill)
             for child in self._children:
@@ -471,8 +475,6 @@ class ProcessPool:
                     return
                 if not child.queue and self._queueable(child):
                     self._fill(child, 1)
-            if waiting and waiting[0][2].at is not None:
-                self._spread()
         elif self._idle:
             self._unblock()
 
@@ -484,7 +486,7 @@ class ProcessPool:
         while waiting and children:
             if waiting[0][2].at is None:
                 return
-            child = min(children, key=lambda each: len(each.queue))
+            child = min(children, key=_spread_order)
             frames: list[bytes] = []
             batch = self._take(child, child.sent + 1, 1, 0, frames)
             if not batch:
@@ -1074,6 +1076,13 @@ class ProcessPool:
             self._retire(child)
         if queued and not self._closed:
             self._pump()
+
+
+def _spread_order(child: ChildProcess) -> tuple[bool, int]:
+    """Where a task held for its time goes first: behind a child that is not running a task of
+    unknown length (it is itself waiting for a time, or between tasks), then the fewest."""
+    task = child.task
+    return (task is not None and (task.at is None or task.began), len(child.queue))
 
 
 def _fail_closed(task: _Task) -> None:
