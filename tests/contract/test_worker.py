@@ -400,15 +400,21 @@ async def one_process(store: SqlStore, database_url: str) -> AsyncIterator[tuple
         heartbeat_s=0.1,
         lease_s=5,
     )
+    service, worker = await warmed(store, settings)
+    yield service, worker
+    await worker.close(grace_s=0)
+
+
+async def warmed(store: SqlStore, settings: Settings) -> tuple[Service, Worker]:
+    """A started worker that has run one python run: it holds runs ahead of the processes, and
+    of their time, only once it knows how long they take."""
     clock = SystemClock()
     worker = Worker(store, clock, settings, build_executors(settings))
     service = Service(store, clock, settings, worker.executors, on_change=worker.wake)
     await worker.start()
-    # The worker holds runs ahead only once it knows how long they take: one run first.
     service.run_now(py(service, "ok").id)
     assert await worker.run_once()
-    yield service, worker
-    await worker.close(grace_s=0)
+    return service, worker
 
 
 async def test_runs_waiting_for_a_process_start_and_time_out_from_when_they_get_one(
@@ -468,14 +474,7 @@ async def test_closing_returns_runs_waiting_for_a_process_to_pending_at_once(
 @pytest.fixture
 async def ahead(store: SqlStore, settings: Settings) -> AsyncIterator[tuple[Service, Worker]]:
     """A worker that claims runs up to 2 s before their time (wide, for a loaded machine)."""
-    clock = SystemClock()
-    settings = settings.model_copy(update={"fire_ahead_s": 2.0})
-    worker = Worker(store, clock, settings, build_executors(settings))
-    service = Service(store, clock, settings, worker.executors, on_change=worker.wake)
-    await worker.start()
-    # Python runs are held for their time only once the worker knows how long they take.
-    service.run_now(py(service, "ok").id)
-    assert await worker.run_once()
+    service, worker = await warmed(store, settings.model_copy(update={"fire_ahead_s": 2.0}))
     yield service, worker
     await worker.close(grace_s=0)
 

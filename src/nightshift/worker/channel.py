@@ -39,6 +39,7 @@ class RunChannel:
         self.supervisor: asyncio.Task[Any] | None = None  # the task that supervises it
         #: When the execution really began (a python run may first wait for a process).
         self.started_at: datetime | None = None
+        self.early = False  # claimed before its time: held until then
         self._deadline: asyncio.TimerHandle | None = None
 
     # -- RunIO --------------------------------------------------------------------------------

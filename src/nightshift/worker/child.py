@@ -222,6 +222,8 @@ class _Channel:
                 self._changed.notify_all()
 
     def flush(self) -> None:
+        if self._held is None:  # only this thread starts keeping: nothing to send
+            return
         with self._lock:
             self._flush()
 

@@ -211,14 +211,13 @@ class Worker:
         behind the ones held here. Runs held for their time (`_ahead_room`) take no process
         until it comes; event-loop runs held for theirs share the loop's slots."""
         # A run whose outcome is being recorded no longer needs a process or a loop slot.
-        now = self.clock.now()
         in_process = in_loop = held = 0
         for chan in self._inflight.values():
             if chan.completing:
                 continue
             if chan.job.kind not in _PROCESS_KINDS:
                 in_loop += 1
-            elif chan.started_at is None and chan.run.run_at > now:
+            elif chan.early and chan.started_at is None:
                 held += 1
             else:
                 in_process += 1
@@ -297,11 +296,12 @@ class Worker:
             # else new runs were announced while the claim ran (a scheduler's batch committed
             # after its snapshot): its "nothing due" is already out of date, look again.
         for item in claimed:
-            started.add(self._start(item))
+            started.add(self._start(item, now))
         return started
 
-    def _start(self, claimed: ClaimedRun) -> asyncio.Task[None]:
+    def _start(self, claimed: ClaimedRun, now: datetime) -> asyncio.Task[None]:
         chan = RunChannel(claimed.run, claimed.job, self.clock, self._enqueue_child)
+        chan.early = claimed.run.run_at > now  # claimed ahead of its time
         self._inflight[claimed.run.id] = chan
         task = chan.supervisor = asyncio.create_task(
             self._supervise(chan), name=f"run-{claimed.run.id}"
@@ -378,14 +378,14 @@ class Worker:
         assert current is not None
         chan.exec_task = current
         try:
-            # Claimed ahead of its time (Settings.fire_ahead_s): it starts at it.
-            handoff = HANDOFF_S if getattr(executor, "starts_on_time", False) else 0.0
-            early = (run.run_at - self.clock.now()).total_seconds()
-            if early > handoff:
-                await self.clock.sleep(early - handoff)
+            if chan.early:  # claimed ahead of its time (Settings.fire_ahead_s): it starts at it
+                handoff = HANDOFF_S if getattr(executor, "starts_on_time", False) else 0.0
                 early = (run.run_at - self.clock.now()).total_seconds()
-            if early > 0 and handoff:
-                task.start_in = early
+                if early > handoff:
+                    await self.clock.sleep(early - handoff)
+                    early = (run.run_at - self.clock.now()).total_seconds()
+                if early > 0 and handoff:
+                    task.start_in = early
             if not getattr(executor, "reports_start", False):
                 chan.started()
             return await executor.execute(task, chan)
