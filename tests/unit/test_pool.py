@@ -681,6 +681,11 @@ async def test_the_log_capture_survives_a_job_that_unhooks_logging(make_pool: Ma
 # -- tasks held for their time (a run claimed ahead) -----------------------------------------------
 
 
+def placed(pool: ProcessPool) -> int:
+    """Tasks on the pool's children: running, or queued in their pipes."""
+    return sum(len(c.queue) + (c.task is not None) for c in pool.children)
+
+
 class TimedIO(MemoryIO):
     """Notes when the task began, by its child's report."""
 
@@ -697,14 +702,15 @@ async def test_tasks_held_for_their_time_wait_in_the_children_and_start_then(
     make_pool: MakePool,
 ) -> None:
     pool = await make_pool(2)
-    at = time.time() + 0.5
+    at = time.time() + 1.0
     ios = [TimedIO() for _ in range(40)]
     runs = [
         asyncio.create_task(pool.run(payload("pid", n), io, order=(n,), start_in=at - time.time()))
         for n, io in enumerate(ios)
     ]
     # Each child has its share in its pipe before their time; nothing has begun.
-    await wait_until(lambda: pool.waiting == 0 and all(c.task for c in pool.children))
+    await wait_until(lambda: placed(pool) == 40)
+    assert time.time() < at and pool.waiting == 0
     assert sorted(len(c.queue) for c in pool.children) == [19, 19]
     assert all(io.started_count == 0 for io in ios)
     outcomes = await asyncio.gather(*runs)
@@ -814,8 +820,7 @@ async def test_tasks_held_for_their_time_go_behind_a_child_not_running_a_long_ta
         for n, io in enumerate(ios)
     ]
     [free] = [c for c in pool.children if c is not busy]
-    placed = lambda: sum(len(c.queue) + (c.task is not None) for c in pool.children)  # noqa: E731
-    await wait_until(lambda: placed() == 11 and pool.waiting == 0)
+    await wait_until(lambda: placed(pool) == 11 and pool.waiting == 0)
     assert time.time() < at  # placed before their time: all with the free child
     assert not busy.queue and len(free.queue) == 9
     await asyncio.gather(*runs)
