@@ -542,6 +542,33 @@ async def test_closing_returns_runs_held_for_their_time_to_pending(ahead, store,
     assert not out.exists()
 
 
+async def test_runs_whose_claim_answers_after_close_began_go_back_to_pending(  # type: ignore[no-untyped-def]
+    ahead, store, tmp_path, monkeypatch
+) -> None:
+    service, worker = ahead
+    out = tmp_path / "began"
+    run = later(store, py(service, "sleeps", params={"seconds": 0, "out": str(out)}).id, 1.5)
+    answer = asyncio.Event()
+    call = worker._call
+
+    async def slow_claim(name: str, *args: object) -> object:
+        result = await call(name, *args)
+        if name == "claim_slots" and result:
+            await answer.wait()  # committed; its answer comes after close() began
+        return result
+
+    monkeypatch.setattr(worker, "_call", slow_claim)
+    runner = asyncio.create_task(worker.run(asyncio.Event()))
+    await until(lambda: store.get_run(run.id).status == S.RUNNING)
+    closing = asyncio.create_task(worker.close(grace_s=5))
+    await asyncio.sleep(0.1)
+    answer.set()
+    await asyncio.wait_for(closing, 10)
+    runner.cancel()
+    assert store.get_run(run.id).status == S.PENDING
+    assert not out.exists()
+
+
 async def test_a_run_not_held_ahead_starts_at_its_time_after_claims_of_other_kinds(  # type: ignore[no-untyped-def]
     store, settings, tmp_path, monkeypatch
 ) -> None:

@@ -73,6 +73,8 @@ class Worker:
         self._completions: asyncio.Queue[tuple[Completion, RunChannel]] = asyncio.Queue()
         self._background: list[asyncio.Task[None]] = []
         self._closing = False
+        self._claims_done = asyncio.Event()  # no claim under way (close() waits for one)
+        self._claims_done.set()
         #: Where the store calls run: threads of this process unless the runtime gives a
         #: process of their own (store_process.py).
         self.calls: StoreCalls = calls or ThreadCalls(store)
@@ -104,6 +106,11 @@ class Worker:
         rest to pending with their checkpoints."""
         self._closing = True
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        # A claim under way: its runs are released when it answers (`_claim_and_start`).
+        # Bounded: a claim that does not answer (the database is gone) leaves its runs to the
+        # next start's recovery.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._claims_done.wait(), timeout=max(grace, 1.0))
         for chan in list(self._inflight.values()):
             if chan.started_at is None:
                 chan.kill("shutdown")  # still waiting for a process: back to pending at once
@@ -275,9 +282,17 @@ class Worker:
         self._urgent = False
         wakes = self._wakes
         now = self.clock.now()
-        claimed = await self._call(
-            "claim_slots", self.owner, now, self.settings.lease_s, slots, now + self.ahead
-        )
+        self._claims_done.clear()
+        try:
+            claimed = await self._call(
+                "claim_slots", self.owner, now, self.settings.lease_s, slots, now + self.ahead
+            )
+            if self._closing and claimed:  # close() began meanwhile: back, never started
+                ids = [item.run.id for item in claimed]
+                await self._record("release", self.owner, ids, {}, self.clock.now())
+                return started
+        finally:
+            self._claims_done.set()
         got = {str(item.run.kind) for item in claimed}
         for group, (_, ahead) in groups.items():
             if ahead is None:
