@@ -294,12 +294,13 @@ class Worker:
         finally:
             self._claims_done.set()
         got = {str(item.run.kind) for item in claimed}
+        early = [item.run.run_at > now for item in claimed]  # claimed ahead of their time
         for group, (_, ahead) in groups.items():
             if ahead is None:
                 continue
             kinds = group.split(",")
-            early = sum(1 for c in claimed if c.run.run_at > now and str(c.run.kind) in kinds)
-            if early >= ahead:
+            held = sum(e for item, e in zip(claimed, early, strict=True) if item.run.kind in kinds)
+            if held >= ahead:
                 self._ahead_left.add(group)
             else:
                 self._ahead_left.discard(group)
@@ -310,13 +311,13 @@ class Worker:
                 self._dry.add(group)  # nothing due: not again until a wake or the next due run
             # else new runs were announced while the claim ran (a scheduler's batch committed
             # after its snapshot): its "nothing due" is already out of date, look again.
-        for item in claimed:
-            started.add(self._start(item, now))
+        for item, is_early in zip(claimed, early, strict=True):
+            started.add(self._start(item, is_early))
         return started
 
-    def _start(self, claimed: ClaimedRun, now: datetime) -> asyncio.Task[None]:
+    def _start(self, claimed: ClaimedRun, early: bool) -> asyncio.Task[None]:
         chan = RunChannel(claimed.run, claimed.job, self.clock, self._enqueue_child)
-        chan.early = claimed.run.run_at > now  # claimed ahead of its time
+        chan.early = early
         self._inflight[claimed.run.id] = chan
         task = chan.supervisor = asyncio.create_task(
             self._supervise(chan), name=f"run-{claimed.run.id}"

@@ -55,11 +55,11 @@ _FINAL_FOR_PARENT = {"succeeded", "failed", "cancelled"}  # a stopped run may re
 # the hottest paths, and SQLAlchemy's per-statement machinery costs more than running them.
 def _candidates(dialect: str, *, ahead: bool = False) -> Any:
     when = runs.c.run_at.type
+    now = bindparam("now", type_=when)
     if ahead:  # due after now, by the horizon: the worker holds them until their time
-        after, horizon = bindparam("after", type_=when), bindparam("horizon", type_=when)
-        due = runs.c.run_at.between(after, horizon)
+        due = and_(runs.c.run_at > now, runs.c.run_at <= bindparam("horizon", type_=when))
     else:
-        due = runs.c.run_at <= bindparam("now", type_=when)
+        due = runs.c.run_at <= now
     query = (
         select(runs.c.id, runs.c.job_id, runs.c.exclusive)
         .where(runs.c.status == "pending", due)
@@ -147,9 +147,6 @@ class LeaseStore:
         horizon: datetime | None = None,
     ) -> list[ClaimedRun]:
         expires = now + timedelta(seconds=lease_s)
-        # Just after now: the ahead query must not take a run the due one left (BETWEEN is
-        # inclusive, and a microsecond is the columns' resolution).
-        after = now + timedelta(microseconds=1)
         with self._tx.write() as conn:
             (start,) = _CLAIM_START.rows(conn, {})
             chosen: list[int] = []
@@ -159,7 +156,7 @@ class LeaseStore:
                 ahead = more[0] if more and more[0] is not None else limit - len(rows)
                 backlog = limit > 0 and len(rows) == limit  # served before any run ahead
                 if horizon is not None and horizon > now and ahead > 0 and not backlog:
-                    params.update(after=after, horizon=horizon, n=ahead)
+                    params.update(horizon=horizon, n=ahead)
                     rows += _CANDIDATES_AHEAD.rows(conn, params)
                 for row in rows:
                     if row["exclusive"] and not _take_slot(conn, row["job_id"], row["id"]):
