@@ -18,8 +18,8 @@ database:
   (Settings.fire_ahead_s): it shows how late the tick began, not when its transaction
   committed);
 - the same start lateness without the first instant after the service started, when it is in
-  the window: a worker holds runs ahead of their time only once it has seen how long they
-  take, so that instant is served at its time (bench/PROFILE.md, session 14);
+  the window: the worker knows nothing yet of how long its runs take (until session 15 it held
+  none of that instant ahead of its time; bench/PROFILE.md);
 - missed = expected (job, slot) pairs with no started run; of those, `skipped` were recorded
   as skipped by the overlap policy (a fire while the previous run still waited) and
   `not_started` had a run that never started before the stop;

@@ -406,8 +406,8 @@ async def one_process(store: SqlStore, database_url: str) -> AsyncIterator[tuple
 
 
 async def warmed(store: SqlStore, settings: Settings) -> tuple[Service, Worker]:
-    """A started worker that has run one python run: it holds runs ahead of the processes, and
-    of their time, only once it knows how long they take."""
+    """A started worker that has run one python run: it holds runs ahead of the processes only
+    once it knows how long they take."""
     clock = SystemClock()
     worker = Worker(store, clock, settings, build_executors(settings))
     service = Service(store, clock, settings, worker.executors, on_change=worker.wake)
@@ -572,20 +572,22 @@ async def test_runs_whose_claim_answers_after_close_began_go_back_to_pending(  #
 async def test_a_run_not_held_ahead_starts_at_its_time_after_claims_of_other_kinds(  # type: ignore[no-untyped-def]
     store, settings, tmp_path, monkeypatch
 ) -> None:
-    """A fresh worker holds no python run ahead (it does not know yet how long they take):
-    that run is claimed at its time, even when claims of other kinds came between."""
+    """A worker whose python runs take longer than fire_ahead_s holds none for its time: that
+    run is claimed at its time, even when claims of other kinds came between."""
     monkeypatch.setattr(worker_module, "POLL_S", 10.0)  # the fallback would be far too late
-    settings = settings.model_copy(update={"fire_ahead_s": 2.0})
+    settings = settings.model_copy(update={"fire_ahead_s": 0.3, "worker_processes": 1})
     clock = SystemClock()
     worker = Worker(store, clock, settings, build_executors(settings))
     service = Service(store, clock, settings, worker.executors, on_change=worker.wake)
     await worker.start()
+    out = tmp_path / "began"
+    service.run_now(py(service, "sleeps", "long", params={"seconds": 0.4, "out": str(out)}).id)
+    assert await worker.run_once()  # it has seen a python run take 0.4 s
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     stop = asyncio.Event()
     runner = asyncio.create_task(worker.run(stop))
     try:
-        out = tmp_path / "began"
         run = later(store, py(service, "sleeps", params={"seconds": 0, "out": str(out)}).id, 0.8)
         url = f"http://127.0.0.1:{server.server_port}/ping"
         ping = service.create_job({"name": "ping", "kind": "http", "config": {"url": url}})
@@ -598,3 +600,43 @@ async def test_a_run_not_held_ahead_starts_at_its_time_after_claims_of_other_kin
         await runner
         await worker.close(grace_s=0)
         server.shutdown()
+
+
+async def test_a_fresh_worker_holds_runs_for_their_time_and_gives_back_what_it_cannot_start(  # type: ignore[no-untyped-def]
+    store, settings, tmp_path
+) -> None:
+    """Before any run ended here, python runs are taken to be short and held for their time.
+    Held behind a long one for fire_ahead_s after it, they go back to pending, unstarted, and
+    another worker starts them."""
+    settings = settings.model_copy(update={"fire_ahead_s": 0.5, "worker_processes": 1})
+    clock = SystemClock()
+    first = Worker(store, clock, settings, build_executors(settings))
+    service = Service(store, clock, settings, first.executors, on_change=first.wake)
+    await first.start()
+    second = Worker(store, clock, settings, build_executors(settings))
+    out = tmp_path / "began"
+    job = py(service, "sleeps", params={"seconds": 3.0, "out": str(out)})
+    made = [later(store, job.id, 1.0) for _ in range(3)]
+    stop = asyncio.Event()
+    runners = [asyncio.create_task(first.run(stop))]
+    try:
+        await until(lambda: all(store.get_run(r.id).status == S.RUNNING for r in made))
+        assert SystemClock().now() < made[0].run_at  # all three claimed, held for their time
+
+        def statuses() -> list[str]:
+            return sorted(str(store.get_run(r.id).status) for r in made)
+
+        # One began at its time; the two behind it went back 0.5 s after it.
+        await until(lambda: statuses() == ["pending", "pending", "running"], timeout=5)
+        assert SystemClock().now() < made[0].run_at + timedelta(seconds=1.5)
+        assert len(out.read_text().split()) == 1  # never begun
+        back = [r.id for r in made if store.get_run(r.id).status == S.PENDING]
+        assert all(store.get_run(run_id).started_at is None for run_id in back)
+        await second.start()
+        runners.append(asyncio.create_task(second.run(stop)))
+        await until(lambda: len(out.read_text().split()) == 2, timeout=5)
+        assert int(out.read_text().split()[1]) in back  # began on the other worker
+    finally:
+        stop.set()
+        await asyncio.gather(*runners)
+        await asyncio.gather(first.close(grace_s=0), second.close(grace_s=0))

@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 
 from nightshift.worker.child import _Channel, _Frames
-from nightshift.worker.executor import MemoryIO
+from nightshift.worker.executor import MemoryIO, Withdrawn
 from nightshift.worker.framing import complete_frames, receive
 from nightshift.worker.pool import PIPELINE_DEPTH, ChildProcess, PoolClosed, ProcessPool
 
@@ -741,6 +741,33 @@ async def test_a_cancelled_task_held_for_its_time_never_runs_and_its_child_lives
     after = RecordingIO()
     assert (await pool.run(payload("pid"), after))["status"] == "succeeded"
     assert pool.children == [child] and logged_pid(after) == child.pid
+
+
+async def test_a_held_task_that_has_not_begun_in_time_is_withdrawn_unstarted(
+    make_pool: MakePool, tmp_path: Path
+) -> None:
+    """Its child is still on a longer task when it should have begun: it is revoked, never
+    runs, and run() says so; the long task goes on in the same process."""
+    pool = await make_pool(1)
+    [child] = pool.children
+    long = asyncio.create_task(pool.run(payload("sleep", s=1.5), RecordingIO()))
+    await wait_until(lambda: child.task is not None)
+    marker = tmp_path / "ran"
+    io = TimedIO()
+    began = time.monotonic()
+    with pytest.raises(Withdrawn):
+        await pool.run(payload("touch", path=str(marker)), io, start_in=0.2, withdraw_after=0.3)
+    assert 0.5 <= time.monotonic() - began < 1.4  # at its deadline, not when the long one ended
+    assert io.started_count == 0
+    assert (await long)["status"] == "succeeded"
+    assert not marker.exists() and pool.children == [child]
+
+
+async def test_a_held_task_that_begins_in_time_is_not_withdrawn(make_pool: MakePool) -> None:
+    pool = await make_pool(1)
+    io = TimedIO()
+    outcome = await pool.run(payload("sleep", s=0.4), io, start_in=0.1, withdraw_after=0.1)
+    assert outcome["status"] == "succeeded" and io.started_count == 1  # it ran past its deadline
 
 
 def test_a_child_coalescing_sends_what_it_kept_in_order_on_flush() -> None:

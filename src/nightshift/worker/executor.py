@@ -32,6 +32,14 @@ class Task:
     #: processes start it at its time themselves); 0 for the others, which the worker hands
     #: their runs at their time.
     start_in: float = 0.0
+    #: For such a run: seconds after its time by which it must have begun, or it is withdrawn
+    #: unstarted (`Withdrawn`) for another worker to take; None waits as long as it takes.
+    withdraw_after: float | None = None
+
+
+class Withdrawn(Exception):
+    """A run held for its time had not begun when it should have (`Task.withdraw_after`):
+    it never ran, and the worker gives it back."""
 
 
 @dataclass(slots=True)

@@ -42,8 +42,11 @@ time): it goes to a child at once, and is queued behind the child with the fewes
 (beyond `depth`, as far as the pipe's budget goes; task pipes are enlarged to TASK_PIPE_BYTES).
 The child holds it until its time, then reports ("began", n, time), and `io.started()` is
 called with that time. Until then it can be revoked like a queued task; so a cancelled one
-never runs, and its child is not killed. At a big instant each child then starts its own
-runs, with nothing left for this process to hand over (bench/PROFILE.md, session 14).
+never runs, and its child is not killed. At a big instant each child then starts its own runs,
+with nothing left for this process to hand over (bench/PROFILE.md, session 14). One that has
+not begun `withdraw_after` seconds after its time (its child is still on a longer task) is
+revoked, and run() raises `Withdrawn`: the caller may give it to another worker rather than
+wait here.
 
 A cancelled waiting task just leaves the queue; a cancelled running task kills its child
 (SIGKILL: a job in a CPU loop ignores everything else). A child that dies, busy or idle, is
@@ -72,7 +75,7 @@ from typing import Any, Literal
 
 from nightshift.worker import child as child_module
 from nightshift.worker import forkserver
-from nightshift.worker.executor import RunIO
+from nightshift.worker.executor import RunIO, Withdrawn
 from nightshift.worker.framing import HEADER, complete_frames, frame, receive
 
 log = logging.getLogger(__name__)
@@ -118,6 +121,7 @@ class _Task:
         "seq",
         "state",
         "stop",
+        "withdrawing",
     )
 
     def __init__(
@@ -141,6 +145,7 @@ class _Task:
         self.began = False  # io.started() was called
         self.revoking = False  # a revoke was sent, not answered yet
         self.cancelled = False  # run() was cancelled while a child held it
+        self.withdrawing = False  # held too long past its time: revoked, run() raises Withdrawn
         self.big = False  # too big to be queued behind a busy child
         self.enqueues: set[asyncio.Task[None]] | None = None
 
@@ -318,6 +323,9 @@ class ProcessPool:
         self._polled: set[_Task] = set()  # running tasks whose io has no on_stop
         self._poll_timer: asyncio.TimerHandle | None = None
         self._hol_timer: asyncio.TimerHandle | None = None
+        #: Held tasks by the loop time they must have begun by (`withdraw_after`): a heap.
+        self._deadlines: list[tuple[float, int, _Task]] = []
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._spawning: set[asyncio.Task[None]] = set()
         self._start_lock = threading.Lock()
         self._started = False
@@ -355,10 +363,11 @@ class ProcessPool:
             task.cancel()
         if self._spawning:
             await asyncio.gather(*self._spawning, return_exceptions=True)
-        for timer in (self._poll_timer, self._hol_timer):
+        for timer in (self._poll_timer, self._hol_timer, self._deadline_timer):
             if timer is not None:
                 timer.cancel()
-        self._poll_timer = self._hol_timer = None
+        self._poll_timer = self._hol_timer = self._deadline_timer = None
+        self._deadlines.clear()
         while self._waiting:
             _, _, waiting = heapq.heappop(self._waiting)
             _fail_closed(waiting)
@@ -422,6 +431,7 @@ class ProcessPool:
         *,
         order: tuple[Any, ...] = (),
         start_in: float = 0.0,
+        withdraw_after: float | None = None,
     ) -> dict[str, Any]:
         """Run one task on a child, relaying its messages to `io`; returns the outcome dict.
 
@@ -432,7 +442,9 @@ class ProcessPool:
         replaced). CancelledError propagates.
 
         `start_in` > 0: the task starts that many seconds from now, not sooner (see the
-        module's docstring); `io.started()` is then called with how long ago it began.
+        module's docstring); `io.started()` is then called with how long ago it began. With
+        `withdraw_after`, if it has not begun that many seconds after its time, it is revoked
+        and `Withdrawn` is raised: it never ran.
         """
         if self._closed:
             raise PoolClosed("the python process pool is closed")
@@ -441,6 +453,8 @@ class ProcessPool:
         loop = self._loop or asyncio.get_running_loop()
         task = _Task(payload, io, order, next(self._seq), loop.create_future())
         heapq.heappush(self._waiting, (order, task.seq, task))
+        if start_in > 0 and withdraw_after is not None:
+            self._add_deadline(task, loop.time() + start_in + withdraw_after)
         self._pump()
         try:
             return await task.future
@@ -671,6 +685,38 @@ class ProcessPool:
             assert self._loop is not None
             self._poll_timer = self._loop.call_later(STOP_POLL_S, self._poll_stops)
 
+    def _add_deadline(self, task: _Task, deadline: float) -> None:
+        heapq.heappush(self._deadlines, (deadline, task.seq, task))
+        if self._deadlines[0][2] is task:
+            self._arm_deadlines()
+
+    def _arm_deadlines(self) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        if self._deadlines and not self._closed:
+            assert self._loop is not None
+            self._deadline_timer = self._loop.call_at(self._deadlines[0][0], self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        """Held tasks that have not begun by their deadline are withdrawn: taken from the
+        queue, or revoked from their child (whose answer decides: withdrawn, or it runs)."""
+        self._deadline_timer = None
+        assert self._loop is not None
+        now = self._loop.time()
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            task = heapq.heappop(deadlines)[2]
+            if task.began or task.cancelled or task.future.done():
+                continue
+            if task.child is None:  # still waiting here for a child
+                self._unqueue(task)
+                task.future.set_exception(Withdrawn("it had not begun by its deadline"))
+            else:
+                task.withdrawing = True
+                self._revoke(task)
+        self._arm_deadlines()
+
     def _unblock(self) -> None:
         """Children are idle and nothing waits: revoke queued tasks whose child has been on
         its current task for HOL_S (look again when the next one gets there)."""
@@ -713,6 +759,7 @@ class ProcessPool:
                 return  # it ended meanwhile
         task.revoking = False
         if not ok:  # it had started: it runs (and a cancelled one is killed)
+            task.withdrawing = False
             if task is child.task:
                 if task.cancelled:
                     self._kill_running(child)
@@ -745,9 +792,13 @@ class ProcessPool:
             self._pump(child)
 
     def _requeue(self, task: _Task) -> None:
-        """A task that never started goes back to waiting, in its place."""
+        """A task that never started goes back to waiting, in its place (or, withdrawn, to
+        its caller)."""
         task.child = None
         if task.cancelled or task.future.done():
+            return
+        if task.withdrawing:
+            task.future.set_exception(Withdrawn("it had not begun by its deadline"))
             return
         if self._closed:
             _fail_closed(task)

@@ -23,7 +23,7 @@ from nightshift.outage import FailureStreak
 from nightshift.store.base import ClaimedRun, Completion, NewRun, Store
 from nightshift.timing import fire_after_sleep
 from nightshift.worker.channel import RunChannel
-from nightshift.worker.executor import Executor, Outcome, Task, error_info
+from nightshift.worker.executor import Executor, Outcome, Task, Withdrawn, error_info
 from nightshift.worker.owner import is_dead, make_owner
 from nightshift.worker.store_calls import StoreCalls, ThreadCalls
 
@@ -35,6 +35,9 @@ POLL_S = 1.0
 #: (`starts_on_time`: the python pool's processes). Handing over 1,000 runs due together
 #: takes this process ~50 ms; until their time they keep the processes from due runs.
 HANDOFF_S = 0.2
+#: What a python run is taken to last before one has ended here, to hold runs for their time
+#: (`_ahead_room`): a short job's. Held runs of longer ones are given back after fire_ahead_s.
+COLD_RUN_S = 0.0005
 _PROCESS_KINDS = frozenset({JobKind.PYTHON})  # kinds that need a process slot
 
 
@@ -66,6 +69,7 @@ class Worker:
         self._urgent = False  # new work was announced: claim it now, whatever the batch size
         self._wakes = 0  # wake() calls so far: tells a claim whether one came while it ran
         self._run_s: float | None = None  # recent python execution time (moving average)
+        self._withdrawn = 0  # runs given back unstarted since the last report
         #: Groups of kinds whose last claim may have left runs due within fire_ahead_s: it held
         #: all it may (`_ahead_room`). Then the next due run is looked for from now, not from
         #: the horizon.
@@ -248,13 +252,30 @@ class Worker:
 
     def _ahead_room(self) -> int:
         """How many python runs to hold for their time (Settings.fire_ahead_s): as many as the
-        processes start in that long at the recent run time, so that a big instant is held
-        whole while long runs are not hoarded away from other workers; none before a run
-        ended."""
-        if self._run_s is None or not self.settings.fire_ahead_s:
+        processes start in that long at the recent run time (COLD_RUN_S before a run ended),
+        so that a big instant is held whole while long runs are not hoarded away from other
+        workers. A guess that was wrong costs at most fire_ahead_s: a held run that has not
+        begun that long after its time goes back to pending (`_execute`)."""
+        if not self.settings.fire_ahead_s:
             return 0
         work = self.settings.worker_processes * self.settings.fire_ahead_s
-        return int(work / max(self._run_s, 1e-4))
+        run_s = COLD_RUN_S if self._run_s is None else self._run_s
+        return int(work / max(run_s, 1e-4))
+
+    def _count_withdrawn(self) -> None:
+        """One log line a second for runs given back unstarted (`Task.withdraw_after`)."""
+        self._withdrawn += 1
+        if self._withdrawn == 1:
+            asyncio.get_running_loop().call_later(1.0, self._report_withdrawn)
+
+    def _report_withdrawn(self) -> None:
+        count, self._withdrawn = self._withdrawn, 0
+        log.info(
+            "%d run(s) held for their time had not begun %g s after it (the runs before them "
+            "took longer than expected): back to pending, for any worker",
+            count,
+            self.settings.fire_ahead_s,
+        )
 
     def _prefetch(self) -> int:
         """How many python runs to hold beyond the processes: about worker_prefetch_window_s of
@@ -337,8 +358,8 @@ class Worker:
             self._ran(chan, outcome)
             if self._urgent:
                 self._wake.set()  # its process is free for the new work announced
-            # Shut down: released below; lost: another attempt owns it now.
-            if chan.kill_reason not in ("shutdown", "lost"):
+            # Shut down or withdrawn: released below; lost: another attempt owns it now.
+            if chan.kill_reason not in ("shutdown", "withdrawn", "lost"):
                 completion = self._completion(chan, outcome)
                 chan.completing = True  # its lease ends with the completion: not "lost" after it
                 self._completions.put_nowait((completion, chan))
@@ -353,7 +374,7 @@ class Worker:
         finally:
             if not handed:
                 try:
-                    if chan.kill_reason == "shutdown":
+                    if chan.kill_reason in ("shutdown", "withdrawn"):
                         await self._record(
                             "release",
                             self.owner,
@@ -364,8 +385,8 @@ class Worker:
                 finally:
                     # Known until released: not a stray (see _release_strays).
                     self._inflight.pop(run.id, None)
-                if run.exclusive:
-                    self.wake()  # its end frees the job's slot for a queued run
+                if run.exclusive or chan.kill_reason == "withdrawn":
+                    self.wake()  # a freed job slot, or a run due again: new work to claim
                 else:
                     self._wake.set()  # a free slot: claim more of what is still due
 
@@ -402,9 +423,16 @@ class Worker:
                     early = (run.run_at - self.clock.now()).total_seconds()
                 if early > 0 and handoff:
                     task.start_in = early
+                    # Held behind a run longer than thought: another worker may start it.
+                    task.withdraw_after = self.settings.fire_ahead_s
             if not getattr(executor, "reports_start", False):
                 chan.started()
             return await executor.execute(task, chan)
+        except Withdrawn:
+            if chan.kill_reason is None:
+                chan.kill_reason = "withdrawn"
+                self._count_withdrawn()
+            return Outcome("stopped", state=chan.state)
         except asyncio.CancelledError:
             if chan.kill_reason is None:  # cancelled from outside: the worker is going away
                 chan.kill_reason = "shutdown"

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from nightshift.domain.models import JSON, JobKind
 from nightshift.domain.signals import Signal
 from nightshift.errors import InvalidInput
-from nightshift.worker.executor import Outcome, RunIO, Task, error_info
+from nightshift.worker.executor import Outcome, RunIO, Task, Withdrawn, error_info
 from nightshift.worker.pool import ProcessPool
 
 _SCALARS = (str, int, float, bool, type(None))
@@ -196,7 +196,15 @@ class PythonExecutor:
             "state": task.state,
         }
         try:
-            outcome = await pool.run(payload, io, order=task.order, start_in=task.start_in)
+            outcome = await pool.run(
+                payload,
+                io,
+                order=task.order,
+                start_in=task.start_in,
+                withdraw_after=task.withdraw_after,
+            )
+        except Withdrawn:
+            raise  # it never ran: the worker gives it back
         except Exception as exc:  # the pool's own failure (closed, cannot start a process)
             return Outcome(status="failed", error=error_info(exc), state=task.state)
         signal = outcome.get("signal")
