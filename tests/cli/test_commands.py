@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -512,8 +515,32 @@ def test_usage_errors_of_the_real_command_are_one_line(args: list[str], message:
     assert one_error_line(done.stderr).startswith(message)
 
 
-def test_no_arguments_prints_the_help() -> None:
-    done = subprocess.run([NIGHTSHIFT], capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize("command", [[NIGHTSHIFT], [sys.executable, "-m", "nightshift"]])
+def test_no_arguments_prints_the_help(command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stderr == ""
     for group in ("up", "schedule", "jobs", "runs", "apps", "tokens"):
         assert group in done.stdout
+
+
+def test_a_worker_command_given_bad_input_leaves_no_process_behind() -> None:
+    """`worker` starts the worker's fork server before the CLI reads its options: an option
+    found wrong is still one line and exit 2, and the server exits with the command."""
+    proc = subprocess.Popen(
+        [NIGHTSHIFT, "worker", "--bogus"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a process group of its own, which the server is in too
+    )
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and stdout == ""
+    assert one_error_line(stderr).startswith("error: No such option: --bogus")
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break  # nothing is left of the group
+        assert time.monotonic() < deadline, "a process of the command outlived it"
+        time.sleep(0.05)

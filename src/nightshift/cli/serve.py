@@ -74,7 +74,8 @@ def _serve(roles: tuple[str, ...], **overrides: Any) -> None:
             # Before anything else: it imports the code of the worker's processes on the other
             # core while we import the service's, and they wait for it when they start. Both
             # changes together brought the first claim 50-60 ms sooner (bench/PROFILE.md,
-            # session 13). Settings found invalid below just leave it to exit with us.
+            # session 13). Settings found invalid below just leave it to exit with us. The
+            # `nightshift` command has started it already, before the CLI (__main__.py).
             forkserver.start(main_holds_code=False)
 
         settings = _settings(**overrides)

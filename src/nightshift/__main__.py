@@ -1,0 +1,36 @@
+"""The `nightshift` command (and `python -m nightshift`).
+
+A command that runs a worker starts the worker's fork server first thing, before the CLI's own
+imports: the server then imports the code of the worker's processes on the other core while this
+process imports the rest, and it no longer has to wait for this one's CLI to load first
+(bench/PROFILE.md, session 15).
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+
+#: The commands whose process runs a worker (cli/serve.py starts the server there too).
+RUN_A_WORKER = frozenset({"up", "worker"})
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if args and args[0] in RUN_A_WORKER and "--help" not in args:
+        from nightshift.worker import forkserver
+
+        # Whatever the CLI then finds wrong with the command, the server just exits with us.
+        forkserver.start(main_holds_code=False)
+    # Importing allocates objects that live as long as the process: collections during it
+    # find next to nothing to free (see cli/serve.py).
+    gc.disable()
+    try:
+        from nightshift.cli import main as cli_main
+    finally:
+        gc.enable()
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()
