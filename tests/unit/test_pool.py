@@ -763,6 +763,38 @@ async def test_a_held_task_that_has_not_begun_in_time_is_withdrawn_unstarted(
     assert not marker.exists() and pool.children == [child]
 
 
+async def test_held_tasks_still_waiting_for_a_child_are_withdrawn_and_the_rest_keep_order(
+    make_pool: MakePool, tmp_path: Path
+) -> None:
+    """Without pipelining, held tasks wait here while the child is busy: the withdrawn ones
+    leave the queue, and one that may wait longer still runs, after the long task."""
+    pool = await make_pool(1, pipeline=False)
+    long = asyncio.create_task(pool.run(payload("sleep", s=1.0), RecordingIO()))
+    await wait_until(lambda: pool.children[0].task is not None)
+    marker = tmp_path / "ran"
+    withdrawn = [
+        asyncio.create_task(
+            pool.run(
+                payload("touch", n, path=str(marker)),
+                TimedIO(),
+                order=(n,),
+                start_in=0.1,
+                withdraw_after=0.1,
+            )
+        )
+        for n in range(1, 4)
+    ]
+    patient = asyncio.create_task(
+        pool.run(payload("touch", 9, path=str(marker)), TimedIO(), order=(9,), start_in=0.1)
+    )
+    for each in withdrawn:
+        with pytest.raises(Withdrawn):
+            await each
+    assert not marker.exists() and pool.waiting == 1
+    assert (await patient)["status"] == "succeeded" and (await long)["status"] == "succeeded"
+    assert marker.read_text().split() == ["9"]
+
+
 async def test_a_held_task_that_begins_in_time_is_not_withdrawn(make_pool: MakePool) -> None:
     pool = await make_pool(1)
     io = TimedIO()

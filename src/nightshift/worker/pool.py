@@ -704,17 +704,20 @@ class ProcessPool:
         self._deadline_timer = None
         assert self._loop is not None
         now = self._loop.time()
-        deadlines = self._deadlines
+        deadlines, unqueued = self._deadlines, set()
         while deadlines and deadlines[0][0] <= now:
             task = heapq.heappop(deadlines)[2]
             if task.began or task.cancelled or task.future.done():
                 continue
             if task.child is None:  # still waiting here for a child
-                self._unqueue(task)
+                unqueued.add(task)
                 task.future.set_exception(Withdrawn("it had not begun by its deadline"))
             else:
                 task.withdrawing = True
                 self._revoke(task)
+        if unqueued:  # out of the heap at once: an instant's worth may be
+            self._waiting = [entry for entry in self._waiting if entry[2] not in unqueued]
+            heapq.heapify(self._waiting)
         self._arm_deadlines()
 
     def _unblock(self) -> None:

@@ -70,6 +70,8 @@ class Worker:
         self._wakes = 0  # wake() calls so far: tells a claim whether one came while it ran
         self._run_s: float | None = None  # recent python execution time (moving average)
         self._withdrawn = 0  # runs given back unstarted since the last report
+        self._giving_back: dict[int, Any] | None = None  # withdrawn runs to release, states
+        self._given_back: asyncio.Future[None] | None = None  # their release
         #: Groups of kinds whose last claim may have left runs due within fire_ahead_s: it held
         #: all it may (`_ahead_room`). Then the next due run is looked for from now, not from
         #: the horizon.
@@ -374,7 +376,9 @@ class Worker:
         finally:
             if not handed:
                 try:
-                    if chan.kill_reason in ("shutdown", "withdrawn"):
+                    if chan.kill_reason == "withdrawn":
+                        await self._give_back(chan)
+                    elif chan.kill_reason == "shutdown":
                         await self._record(
                             "release",
                             self.owner,
@@ -389,6 +393,21 @@ class Worker:
                     self.wake()  # a freed job slot, or a run due again: new work to claim
                 else:
                     self._wake.set()  # a free slot: claim more of what is still due
+
+    async def _give_back(self, chan: RunChannel) -> None:
+        """Release a withdrawn run to pending in one transaction with the others withdrawn
+        at the same moment: a whole instant's may be."""
+        if self._giving_back is None:
+            self._giving_back = {}
+            self._given_back = asyncio.ensure_future(self._release_given_back())
+        self._giving_back[chan.run.id] = chan.state
+        assert self._given_back is not None
+        await asyncio.shield(self._given_back)
+
+    async def _release_given_back(self) -> None:
+        await asyncio.sleep(0)  # the runs withdrawn with the first one join it meanwhile
+        states, self._giving_back = self._giving_back or {}, None
+        await self._record("release", self.owner, list(states), states, self.clock.now())
 
     def _recorded(self, completion: Completion, chan: RunChannel, recorded: bool) -> None:
         """The completer recorded a run's outcome (or found it fenced out): the run is over."""
