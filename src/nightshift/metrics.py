@@ -14,7 +14,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeHistogramMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from nightshift.clock import Clock
@@ -30,6 +35,9 @@ _PROCESS_KINDS = frozenset({JobKind.PYTHON})  # as the worker: kinds that take a
 class Inflight(Protocol):
     @property
     def inflight(self) -> dict[int, Any]: ...
+
+    @property
+    def withdrawn_total(self) -> int: ...
 
 
 def _histogram(name: str, doc: str, values: Sequence[float]) -> GaugeHistogramMetricFamily:
@@ -84,7 +92,7 @@ class StoreCollector(Collector):
 
 
 class WorkerCollector(Collector):
-    """This process's worker: busy slots against its slots, per pool."""
+    """This process's worker: busy slots against its slots, per pool; runs it gave back."""
 
     def __init__(self, worker: Inflight, settings: Settings) -> None:
         self.worker = worker
@@ -112,6 +120,11 @@ class WorkerCollector(Collector):
             families["slots"].add_metric([pool], slots)
             families["util"].add_metric([pool], busy[pool] / slots)
         yield from families.values()
+        yield CounterMetricFamily(
+            "nightshift_worker_runs_withdrawn",
+            "Runs held for their time that had not begun fire_ahead_s after it: back to pending",
+            value=self.worker.withdrawn_total,
+        )
 
 
 class Metrics:

@@ -632,6 +632,7 @@ async def test_a_fresh_worker_holds_runs_for_their_time_and_gives_back_what_it_c
         assert len(out.read_text().split()) == 1  # never begun
         back = [r.id for r in made if store.get_run(r.id).status == S.PENDING]
         assert all(store.get_run(run_id).started_at is None for run_id in back)
+        assert first.withdrawn_total == 2  # counted for /metrics
         await second.start()
         runners.append(asyncio.create_task(second.run(stop)))
         await until(lambda: len(out.read_text().split()) == 2, timeout=5)

@@ -127,3 +127,5 @@ def test_metrics_need_the_admin_token_and_name_the_families(serve) -> None:  # t
     assert 'nightshift_runs{app="shop",status="pending"} 1.0' in text
     assert 'nightshift_run_waiting_seconds_bucket{le="5.0"} 1.0' in text
     assert 'nightshift_worker_slots{pool="loop"}' in text
+    assert "# TYPE nightshift_worker_runs_withdrawn_total counter" in text
+    assert "nightshift_worker_runs_withdrawn_total 0.0" in text

@@ -23,7 +23,8 @@ def test_busy_slots_count_the_runs_that_began_only() -> None:
             3: chan(JobKind.PYTHON, None),
             4: chan(JobKind.HTTP, now),
             5: chan(JobKind.HTTP, None),  # held for its time
-        }
+        },
+        withdrawn_total=3,
     )
     settings = Settings(worker_processes=2, worker_concurrency=10)
     families = {f.name: f for f in WorkerCollector(worker, settings).collect()}  # type: ignore[arg-type]
@@ -31,3 +32,5 @@ def test_busy_slots_count_the_runs_that_began_only() -> None:
     util = {s.labels["pool"]: s.value for s in families["nightshift_worker_utilisation"].samples}
     assert busy == {"process": 1, "loop": 1}
     assert util == {"process": 0.5, "loop": 0.1}
+    [withdrawn] = families["nightshift_worker_runs_withdrawn"].samples
+    assert withdrawn.name == "nightshift_worker_runs_withdrawn_total" and withdrawn.value == 3

@@ -70,6 +70,7 @@ class Worker:
         self._wakes = 0  # wake() calls so far: tells a claim whether one came while it ran
         self._run_s: float | None = None  # recent python execution time (moving average)
         self._withdrawn = 0  # runs given back unstarted since the last report
+        self.withdrawn_total = 0  # and since the start (a metric)
         self._giving_back: dict[int, Any] | None = None  # withdrawn runs to release, states
         self._given_back: asyncio.Future[None] | None = None  # their release
         #: Groups of kinds whose last claim may have left runs due within fire_ahead_s: it held
@@ -267,6 +268,7 @@ class Worker:
     def _count_withdrawn(self) -> None:
         """One log line a second for runs given back unstarted (`Task.withdraw_after`)."""
         self._withdrawn += 1
+        self.withdrawn_total += 1
         if self._withdrawn == 1:
             asyncio.get_running_loop().call_later(1.0, self._report_withdrawn)
 
