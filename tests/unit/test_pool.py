@@ -802,6 +802,34 @@ async def test_a_held_task_that_begins_in_time_is_not_withdrawn(make_pool: MakeP
     assert outcome["status"] == "succeeded" and io.started_count == 1  # it ran past its deadline
 
 
+class HeardIO(TimedIO):
+    """Also notes when the parent heard that the task began."""
+
+    def started(self, ago: float = 0.0) -> None:
+        super().started(ago)
+        self.heard = time.time()
+
+
+async def test_a_child_tells_nothing_until_it_has_begun_every_task_due_together(
+    make_pool: MakePool,
+) -> None:
+    """Tasks due together that fill several reads of the child's pipe (~100 KB here, a read
+    takes 64 KiB) all begin before the parent hears of any: it would otherwise handle their
+    reports while the child still starts the rest, taking a core from it."""
+    pool = await make_pool(1)
+    ios = [HeardIO() for _ in range(50)]
+    at = time.time() + 0.5
+
+    async def run(n: int, io: HeardIO) -> dict[str, Any]:
+        task = payload("pid", n, blob="x" * 2000)
+        return await pool.run(task, io, order=(n,), start_in=at - time.time())
+
+    outcomes = await asyncio.gather(*(run(n, io) for n, io in enumerate(ios)))
+    assert [o["status"] for o in outcomes] == ["succeeded"] * 50
+    assert all(io.began is not None and io.began >= at - 0.001 for io in ios)
+    assert min(io.heard for io in ios) >= max(io.began for io in ios if io.began)
+
+
 def test_a_child_coalescing_sends_what_it_kept_in_order_on_flush() -> None:
     parent, child_end = multiprocessing.Pipe()
     channel = _Channel(child_end)

@@ -16,9 +16,10 @@ JSON-safe data (multiprocessing's framing), over two pipes:
   then (or until it is revoked), and reported ("began", n, time) when it starts.
 
 While it works through tasks held for a time that has come (a big instant), what it sends is
-kept and written in one go once no such task is next, or after COALESCE_S: the parent then
-handles those messages after the instant's starts rather than taking a core from them
-(bench/PROFILE.md, session 14). Everything it sends goes through that one buffer, in order.
+kept and written in one go once no such task is next (in the pipe, read without waiting, or
+within TOGETHER_S of its time), or after COALESCE_S: the parent then handles those messages
+after the instant's starts rather than taking a core from them (bench/PROFILE.md, sessions 14
+and 16). Everything it sends goes through that one buffer, in order.
 
 A lock serialises writes, and nothing about a task is sent after its "done". A graceful stop
 names its task's `n` (it may arrive just before its task), so a late one never reaches the
@@ -45,6 +46,7 @@ import logging
 import os
 import pickle
 import reprlib
+import select
 import signal
 import sys
 import threading
@@ -62,6 +64,9 @@ from nightshift.worker.framing import complete_frames, frame
 PROGRESS_INTERVAL_S = 0.1
 #: The longest a message is kept while the process works through tasks due together.
 COALESCE_S = 0.02
+#: Tasks held for times this close are due together: runs of one instant are told their time
+#: as a delay (`start_in`), so their times here differ by the microseconds of the handover.
+TOGETHER_S = 0.001
 _READ_SIZE = 1 << 16
 _INTERNAL_FILES = (os.path.abspath(__file__), os.path.dirname(os.path.abspath(asyncio.__file__)))
 
@@ -100,7 +105,7 @@ def main(
     frames = _Frames(tasks.fileno())
     channel.send(("ready", errors))
     while True:
-        if not _due_next(frames):
+        if channel.coalescing and not _due_next(frames):
             channel.flush()  # nothing due to start next: the parent hears everything now
         try:
             message = frames.recv()
@@ -122,12 +127,17 @@ def main(
 
 
 def _due_next(frames: _Frames) -> bool:
-    """Whether the next task, already read, is one held for a time that has come."""
+    """Whether the next task is one held for a time that has come (or comes within
+    TOGETHER_S). What lies in the pipe is read for it without waiting: a big instant's tasks
+    take several reads, and the parent would otherwise hear of the first ones while the
+    children still start the rest."""
     message = frames.peek()
+    if message is None and frames.fill():
+        message = frames.peek()
     if message is None or message[0] != "task":
         return False
     at = message[2].get("at")
-    return at is not None and at <= time.time()
+    return at is not None and at <= time.time() + TOGETHER_S
 
 
 class _Frames:
@@ -140,6 +150,8 @@ class _Frames:
         self._buffer = bytearray()
         self._ready: deque[bytearray] = deque()
         self._peeked: Any = None
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLIN)
 
     def peek(self) -> Any:
         """The next message if it has been read already (it stays next), else None."""
@@ -153,16 +165,26 @@ class _Frames:
             message, self._peeked = self._peeked, None
             return message
         while not self._ready:
-            # A pipe gives at most its capacity (64 KiB, 1 MiB at most) per read.
-            chunk = os.read(self._fd, _READ_SIZE)
-            if not chunk:
-                raise EOFError
-            self._buffer += chunk
-            messages, used = complete_frames(self._buffer)
-            if used:
-                del self._buffer[:used]
-                self._ready.extend(messages)
+            self._read()
         return pickle.loads(self._ready.popleft())
+
+    def fill(self) -> bool:
+        """Read what lies in the pipe now, without waiting; whether a message came of it."""
+        with contextlib.suppress(EOFError):  # the next recv says so
+            while not self._ready and self._poll.poll(0):
+                self._read()
+        return bool(self._ready)
+
+    def _read(self) -> None:
+        # A pipe gives at most _READ_SIZE per read, whatever its capacity (up to 1 MiB).
+        chunk = os.read(self._fd, _READ_SIZE)
+        if not chunk:
+            raise EOFError
+        self._buffer += chunk
+        messages, used = complete_frames(self._buffer)
+        if used:
+            del self._buffer[:used]
+            self._ready.extend(messages)
 
 
 class _Pending:
@@ -200,6 +222,11 @@ class _Channel:
     @property
     def active(self) -> bool:
         return self._active
+
+    @property
+    def coalescing(self) -> bool:
+        """Messages are being kept (only the main thread starts keeping them)."""
+        return self._held is not None
 
     def send(self, message: tuple[Any, ...]) -> None:
         with self._lock:
