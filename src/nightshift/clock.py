@@ -18,10 +18,18 @@ class Clock(Protocol):
     async def sleep(self, seconds: float) -> None:
         """Wait for `seconds` of this clock's time."""
 
+    def wall(self, at: datetime) -> float:
+        """The `time.time()` at which this clock reads `at`: what another process waits for."""
+
 
 class SystemClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+    def wall(self, at: datetime) -> float:
+        # Exact, not now + a delay: runs due together get one time, however long it took to
+        # hand them over (bench/PROFILE.md, session 16).
+        return at.timestamp()
 
     def monotonic(self) -> float:
         return time.monotonic()
@@ -43,6 +51,9 @@ class FakeClock:
 
     def monotonic(self) -> float:
         return self._mono
+
+    def wall(self, at: datetime) -> float:
+        return time.time() + (at - self._now).total_seconds()
 
     def set(self, when: datetime) -> None:
         if when.tzinfo is None:

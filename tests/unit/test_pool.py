@@ -705,7 +705,7 @@ async def test_tasks_held_for_their_time_wait_in_the_children_and_start_then(
     at = time.time() + 1.0
     ios = [TimedIO() for _ in range(40)]
     runs = [
-        asyncio.create_task(pool.run(payload("pid", n), io, order=(n,), start_in=at - time.time()))
+        asyncio.create_task(pool.run(payload("pid", n), io, order=(n,), start_at=at))
         for n, io in enumerate(ios)
     ]
     # Each child has its share in its pipe before their time; nothing has begun.
@@ -730,7 +730,9 @@ async def test_a_cancelled_task_held_for_its_time_never_runs_and_its_child_lives
     [child] = pool.children
     marker = tmp_path / "ran"
     io = TimedIO()
-    held = asyncio.create_task(pool.run(payload("touch", path=str(marker)), io, start_in=0.4))
+    held = asyncio.create_task(
+        pool.run(payload("touch", path=str(marker)), io, start_at=time.time() + 0.4)
+    )
     await wait_until(lambda: child.task is not None)
     held.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -756,7 +758,9 @@ async def test_a_held_task_that_has_not_begun_in_time_is_withdrawn_unstarted(
     io = TimedIO()
     began = time.monotonic()
     with pytest.raises(Withdrawn):
-        await pool.run(payload("touch", path=str(marker)), io, start_in=0.2, withdraw_after=0.3)
+        await pool.run(
+            payload("touch", path=str(marker)), io, start_at=time.time() + 0.2, withdraw_after=0.3
+        )
     assert 0.5 <= time.monotonic() - began < 1.4  # at its deadline, not when the long one ended
     assert io.started_count == 0
     assert (await long)["status"] == "succeeded"
@@ -778,14 +782,16 @@ async def test_held_tasks_still_waiting_for_a_child_are_withdrawn_and_the_rest_k
                 payload("touch", n, path=str(marker)),
                 TimedIO(),
                 order=(n,),
-                start_in=0.1,
+                start_at=time.time() + 0.1,
                 withdraw_after=0.1,
             )
         )
         for n in range(1, 4)
     ]
     patient = asyncio.create_task(
-        pool.run(payload("touch", 9, path=str(marker)), TimedIO(), order=(9,), start_in=0.1)
+        pool.run(
+            payload("touch", 9, path=str(marker)), TimedIO(), order=(9,), start_at=time.time() + 0.1
+        )
     )
     for each in withdrawn:
         with pytest.raises(Withdrawn):
@@ -798,7 +804,9 @@ async def test_held_tasks_still_waiting_for_a_child_are_withdrawn_and_the_rest_k
 async def test_a_held_task_that_begins_in_time_is_not_withdrawn(make_pool: MakePool) -> None:
     pool = await make_pool(1)
     io = TimedIO()
-    outcome = await pool.run(payload("sleep", s=0.4), io, start_in=0.1, withdraw_after=0.1)
+    outcome = await pool.run(
+        payload("sleep", s=0.4), io, start_at=time.time() + 0.1, withdraw_after=0.1
+    )
     assert outcome["status"] == "succeeded" and io.started_count == 1  # it ran past its deadline
 
 
@@ -822,7 +830,7 @@ async def test_a_child_tells_nothing_until_it_has_begun_every_task_due_together(
 
     async def run(n: int, io: HeardIO) -> dict[str, Any]:
         task = payload("pid", n, blob="x" * 2000)
-        return await pool.run(task, io, order=(n,), start_in=at - time.time())
+        return await pool.run(task, io, order=(n,), start_at=at)
 
     outcomes = await asyncio.gather(*(run(n, io) for n, io in enumerate(ios)))
     assert [o["status"] for o in outcomes] == ["succeeded"] * 50
@@ -903,7 +911,7 @@ async def test_tasks_held_for_their_time_go_behind_a_child_not_running_a_long_ta
     at = time.time() + 0.3
     ios = [TimedIO() for _ in range(10)]
     runs = [
-        asyncio.create_task(pool.run(payload("pid", n), io, start_in=at - time.time()))
+        asyncio.create_task(pool.run(payload("pid", n), io, start_at=at))
         for n, io in enumerate(ios)
     ]
     [free] = [c for c in pool.children if c is not busy]

@@ -64,8 +64,8 @@ from nightshift.worker.framing import complete_frames, frame
 PROGRESS_INTERVAL_S = 0.1
 #: The longest a message is kept while the process works through tasks due together.
 COALESCE_S = 0.02
-#: Tasks held for times this close are due together: runs of one instant are told their time
-#: as a delay (`start_in`), so their times here differ by the microseconds of the handover.
+#: Tasks held for times this close are due together (runs of one instant have one time, but a
+#: caller may compute each from a delay).
 TOGETHER_S = 0.001
 _READ_SIZE = 1 << 16
 _INTERNAL_FILES = (os.path.abspath(__file__), os.path.dirname(os.path.abspath(asyncio.__file__)))

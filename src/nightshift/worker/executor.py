@@ -28,10 +28,10 @@ class Task:
     #: Where the run stands among runs waiting for the same slots (smaller goes first): the
     #: claim order (low priority last, then fair-share rank, due time, id).
     order: tuple[Any, ...] = ()
-    #: Seconds until the run may start, for a kind with `starts_on_time` (the python pool's
-    #: processes start it at its time themselves); 0 for the others, which the worker hands
-    #: their runs at their time.
-    start_in: float = 0.0
+    #: When the run may start (`time.time()`), for a kind with `starts_on_time` (the python
+    #: pool's processes start it at its time themselves); None for the others, which the
+    #: worker hands their runs at their time, and for runs due now.
+    start_at: float | None = None
     #: For such a run: seconds after its time by which it must have begun, or it is withdrawn
     #: unstarted (`Withdrawn`) for another worker to take; None waits as long as it takes.
     withdraw_after: float | None = None

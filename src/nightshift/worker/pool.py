@@ -37,7 +37,7 @@ another child is idle (no waiting behind a long job), and queued tasks at a recy
 when its predecessor's "done" arrives (or the answer that a revoked predecessor was skipped).
 A child that dies before that gives its queued tasks back to the queue, in their places.
 
-A task may start at a time of its own (`run(..., start_in=)`, a run claimed ahead of its
+A task may start at a time of its own (`run(..., start_at=)`, a run claimed ahead of its
 time): it goes to a child at once, and is queued behind the child with the fewest queued
 (beyond `depth`, as far as the pipe's budget goes; task pipes are enlarged to TASK_PIPE_BYTES).
 The child holds it until its time, then reports ("began", n, time), and `io.started()` is
@@ -430,7 +430,7 @@ class ProcessPool:
         io: RunIO,
         *,
         order: tuple[Any, ...] = (),
-        start_in: float = 0.0,
+        start_at: float | None = None,
         withdraw_after: float | None = None,
     ) -> dict[str, Any]:
         """Run one task on a child, relaying its messages to `io`; returns the outcome dict.
@@ -441,15 +441,16 @@ class ProcessPool:
         queue, or is revoked from a child); cancelled while running, its child is killed (and
         replaced). CancelledError propagates.
 
-        `start_in` > 0: the task starts that many seconds from now, not sooner (see the
+        `start_at` (`time.time()`) still to come: the task starts then, not sooner (see the
         module's docstring); `io.started()` is then called with how long ago it began. With
         `withdraw_after`, if it has not begun that many seconds after its time, it is revoked
         and `Withdrawn` is raised: it never ran.
         """
         if self._closed:
             raise PoolClosed("the python process pool is closed")
+        start_in = 0.0 if start_at is None else start_at - time.time()
         if start_in > 0:
-            payload = {**payload, "at": time.time() + start_in}
+            payload = {**payload, "at": start_at}
         loop = self._loop or asyncio.get_running_loop()
         task = _Task(payload, io, order, next(self._seq), loop.create_future())
         heapq.heappush(self._waiting, (order, task.seq, task))

@@ -443,7 +443,7 @@ class Worker:
                     await self.clock.sleep(early - handoff)
                     early = (run.run_at - self.clock.now()).total_seconds()
                 if early > 0 and handoff:
-                    task.start_in = early
+                    task.start_at = self.clock.wall(run.run_at)
                     # Held behind a run longer than thought: another worker may start it.
                     task.withdraw_after = self.settings.fire_ahead_s
             if not getattr(executor, "reports_start", False):

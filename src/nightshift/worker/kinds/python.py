@@ -67,7 +67,7 @@ def _split_reference(reference: str) -> tuple[str, str] | None:
 class PythonExecutor:
     kind = JobKind.PYTHON
     reports_start = True  # io.started() is called once the run has a process
-    starts_on_time = True  # a run handed over before its time starts at it (Task.start_in)
+    starts_on_time = True  # a run handed over before its time starts at it (Task.start_at)
 
     def __init__(
         self,
@@ -200,7 +200,7 @@ class PythonExecutor:
                 payload,
                 io,
                 order=task.order,
-                start_in=task.start_in,
+                start_at=task.start_at,
                 withdraw_after=task.withdraw_after,
             )
         except Withdrawn:
