@@ -45,6 +45,8 @@ class FakeClock:
         self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
         self._mono = 0.0
         self._changed = asyncio.Event() if _has_loop() else None
+        #: Coroutines waiting in `sleep`: a test moves the clock once the code under test sleeps.
+        self.sleeping = 0
 
     def now(self) -> datetime:
         return self._now
@@ -70,10 +72,14 @@ class FakeClock:
 
     async def sleep(self, seconds: float) -> None:
         deadline = self._mono + seconds
-        while self._mono < deadline:
-            if self._changed is None:
-                self._changed = asyncio.Event()
-            await self._changed.wait()
+        self.sleeping += 1
+        try:
+            while self._mono < deadline:
+                if self._changed is None:
+                    self._changed = asyncio.Event()
+                await self._changed.wait()
+        finally:
+            self.sleeping -= 1
 
 
 def _has_loop() -> bool:

@@ -144,6 +144,7 @@ class Scheduler:
         # Each committed batch wakes the local workers from the tick's thread, on our loop.
         announce = partial(loop.call_soon_threadsafe, self._notify)
         fire = self._fire_through(self.calls, loop) if self.calls is not None else None
+        looked_again: datetime | None = None  # a fire in the window looked at once more
         while not stop.is_set():
             self._wake.clear()  # a change from here on wakes the sleep below at once
             try:
@@ -166,11 +167,18 @@ class Scheduler:
                 # completion (firing.py). Look again shortly rather than spin.
                 await self._sleep(LOCKED_RETRY_S, stop)
                 continue
+            now = self.clock.now()
             wake_at = next_due
-            if next_due is not None and next_due - self.ahead > self.clock.now():
+            if next_due is not None and next_due - self.ahead > now:
                 wake_at = next_due - self.ahead
-            # Else a job within the window was not fired ahead: its previous run is still
-            # active (or another scheduler holds it). It is fired at its time, not looked at
+            elif next_due is not None and next_due > now and next_due != looked_again:
+                # A job within the window was not fired ahead. Another scheduler may hold it,
+                # its batch not yet committed: then it is fired now, and waking at its time
+                # would tick for nothing at the busiest moment (every instant, with three
+                # schedulers: bench/PROFILE.md, session 16). Look once more shortly.
+                wake_at = min(next_due, now + timedelta(seconds=LOCKED_RETRY_S))
+                looked_again = next_due
+            # Else its previous run is still active: it is fired at its time, not looked at
             # again and again until then.
             version = await self._idle(wake_at, version, stop)
 

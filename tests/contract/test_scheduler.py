@@ -6,12 +6,12 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from nightshift.clock import FakeClock
 from nightshift.config import Settings
 from nightshift.domain.status import RunStatus
-from nightshift.scheduler import Scheduler
+from nightshift.scheduler import LOCKED_RETRY_S, Scheduler
 from nightshift.service import Service
 from nightshift.store import Completion, SqlStore
 from nightshift.store.tables import jobs
@@ -271,30 +271,87 @@ def test_a_job_whose_run_is_active_is_fired_at_its_time(service, scheduler, stor
     assert [(r.status, r.reason) for r in runs] == [(S.SKIPPED, "overlap"), (S.PENDING, None)]
 
 
-async def test_a_job_held_for_its_time_is_not_looked_at_again_until_then(  # type: ignore[no-untyped-def]
+def record_ticks(store: SqlStore) -> list[datetime]:
+    """The `now` of every tick from here on, noted once the tick has read when the next fire
+    is due (its last query)."""
+    ticks: list[datetime] = []
+    real_fire, real_next = store.fire_due, store.next_fire_due
+    current: list[datetime] = []
+
+    def fire_due(now, planner, limit, horizon=None):  # type: ignore[no-untyped-def]
+        current[:] = [now]
+        return real_fire(now, planner, limit, horizon)
+
+    def next_fire_due():  # type: ignore[no-untyped-def]
+        due = real_next()
+        ticks.extend(current)
+        current.clear()
+        return due
+
+    store.fire_due = fire_due  # type: ignore[method-assign]
+    store.next_fire_due = next_fire_due  # type: ignore[method-assign]
+    return ticks
+
+
+async def test_a_job_held_for_its_time_is_looked_at_once_more_then_not_until_then(  # type: ignore[no-untyped-def]
     service, scheduler, store, clock
 ) -> None:
     j = job(service, schedule="every 10s")
     service.run_now(j.id)  # active: its next fire is not made ahead
     clock.advance(9.6)
-    fires: list[datetime] = []
-    real_fire = store.fire_due
-
-    def fire_due(now, planner, limit, horizon=None):  # type: ignore[no-untyped-def]
-        fires.append(now)
-        return real_fire(now, planner, limit, horizon)
-
-    store.fire_due = fire_due
+    start = clock.now()
+    ticks = record_ticks(store)
     stop = asyncio.Event()
     loop = asyncio.create_task(scheduler.run(stop, reboot=False))
-    await until(lambda: len(fires) == 1)
-    await asyncio.sleep(0.2)
-    assert fires == [clock.now()]  # one tick, then asleep until the fire's time
-    clock.advance(0.4)
+    await until(lambda: len(ticks) == 1 and clock.sleeping > 0)
+    clock.advance(LOCKED_RETRY_S)
+    await until(lambda: len(ticks) == 2)  # once more: another scheduler could have held it
+    await until(lambda: clock.sleeping > 0)
+    clock.advance(0.2)
+    await asyncio.sleep(0.1)
+    assert len(ticks) == 2  # still active: asleep until the fire's time
+    await until(lambda: clock.sleeping > 0)
+    clock.advance(0.15)
     await until(lambda: len(store.list_runs(job_id=j.id)) == 2)  # fired then: skipped
     stop.set()
     await asyncio.wait_for(loop, 5)
-    assert len(fires) == 2
+    assert ticks == [
+        start,
+        start + timedelta(seconds=LOCKED_RETRY_S),
+        start + timedelta(seconds=10 - 9.6),
+    ]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_scheduler_that_finds_the_instant_held_by_another_does_not_wake_at_it(  # type: ignore[no-untyped-def]
+    service, scheduler, store, clock
+) -> None:
+    """Another scheduler is firing the jobs due within fire_ahead_s (its transaction holds
+    them): this one fires nothing, and once that fire is committed it sleeps until the next
+    window, rather than waking at the instant (the busiest moment) to find nothing to do."""
+    j = job(service, schedule="every 10s", overlap="allow")
+    clock.advance(9.6)
+    start = clock.now()
+    ticks = record_ticks(store)
+    stop = asyncio.Event()
+    with store.engine.connect() as other:
+        held = other.begin()  # the other scheduler's batch: the job's row, locked
+        other.execute(select(jobs.c.id).where(jobs.c.id == j.id).with_for_update(key_share=True))
+        loop = asyncio.create_task(scheduler.run(stop, reboot=False))
+        await until(lambda: len(ticks) == 1)
+        assert store.list_runs(job_id=j.id) == []  # nothing fired: it is the other's
+        later = start + timedelta(seconds=20)  # the other fired it, and its timer moved
+        other.execute(update(jobs).where(jobs.c.id == j.id).values(next_fire_at=later))
+        held.commit()
+    await until(lambda: clock.sleeping > 0)
+    clock.advance(LOCKED_RETRY_S)
+    await until(lambda: len(ticks) == 2)  # the look once more: the next fire is in 10 s
+    await until(lambda: clock.sleeping > 0)
+    clock.advance(0.5)  # the instant itself
+    await asyncio.sleep(0.1)
+    stop.set()
+    await asyncio.wait_for(loop, 5)
+    assert ticks == [start, start + timedelta(seconds=LOCKED_RETRY_S)]
 
 
 async def until(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
