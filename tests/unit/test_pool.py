@@ -838,6 +838,32 @@ async def test_a_child_tells_nothing_until_it_has_begun_every_task_due_together(
     assert min(io.heard for io in ios) >= max(io.began for io in ios if io.began)
 
 
+async def test_a_child_whose_reports_are_not_read_yet_is_not_taken_for_stuck(
+    make_pool: MakePool,
+) -> None:
+    """Tasks held for one time, three on each child. This process is busy while they run, so
+    it reads their reports late: the child read first is idle, the other still seems to be
+    on its first task. Its reports are there to read: its queue is not revoked (each revoke
+    of a task it has not begun would move that task, and start it late)."""
+    pool = await make_pool(2)
+    revoked: list[Any] = []
+    revoke = pool._revoke
+    pool._revoke = lambda task: (revoked.append(task), revoke(task))  # type: ignore[method-assign]
+    ios = [TimedIO() for _ in range(6)]
+    at = time.time() + 0.5
+    loop = asyncio.get_running_loop()
+    loop.call_at(loop.time() + (at - time.time()) - 0.02, time.sleep, 0.2)  # busy meanwhile
+    outcomes = await asyncio.gather(
+        *(pool.run(payload("pid", n), io, order=(n,), start_at=at) for n, io in enumerate(ios))
+    )
+    assert [o["status"] for o in outcomes] == ["succeeded"] * 6
+    per_child: dict[int, int] = {}
+    for io in ios:
+        per_child[logged_pid(io)] = per_child.get(logged_pid(io), 0) + 1
+    assert sorted(per_child.values()) == [3, 3]  # each child had two queued behind its first
+    assert revoked == []
+
+
 def test_a_child_coalescing_sends_what_it_kept_in_order_on_flush() -> None:
     parent, child_end = multiprocessing.Pipe()
     channel = _Channel(child_end)

@@ -63,6 +63,7 @@ import itertools
 import logging
 import os
 import pickle
+import select
 import signal
 import socket
 import threading
@@ -734,6 +735,11 @@ class ProcessPool:
                 # Working through tasks held for their time, it tells of them in batches
                 # (child.COALESCE_S): what is known here of it may be that old.
                 due += child_module.COALESCE_S
+            if due <= now and _has_news(child):
+                # It has told more than was read yet: not stuck, but not heard, while this
+                # loop works through a big instant's reports. Look again once they are read
+                # (revoked then, a burst's last tasks began 30-60 ms late elsewhere).
+                due = now + HOL_S
             if due <= now:
                 for queued in list(child.queue):
                     self._revoke(queued)
@@ -1131,6 +1137,14 @@ class ProcessPool:
             self._retire(child)
         if queued and not self._closed:
             self._pump()
+
+
+def _has_news(child: ChildProcess) -> bool:
+    """Whether the child has sent what this process has not read yet."""
+    try:
+        return bool(select.select([child.fd], [], [], 0)[0])
+    except (OSError, ValueError):  # closed: its exit says the rest
+        return False
 
 
 def _spread_order(child: ChildProcess) -> tuple[bool, int]:
