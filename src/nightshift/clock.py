@@ -21,6 +21,9 @@ class Clock(Protocol):
     def wall(self, at: datetime) -> float:
         """The `time.time()` at which this clock reads `at`: what another process waits for."""
 
+    def from_wall(self, moment: float) -> datetime:
+        """What this clock read at `time.time()` `moment` (another process's report)."""
+
 
 class SystemClock:
     def now(self) -> datetime:
@@ -30,6 +33,9 @@ class SystemClock:
         # Exact, not now + a delay: runs due together get one time, however long it took to
         # hand them over (bench/PROFILE.md, session 16).
         return at.timestamp()
+
+    def from_wall(self, moment: float) -> datetime:
+        return datetime.fromtimestamp(moment, UTC)
 
     def monotonic(self) -> float:
         return time.monotonic()
@@ -56,6 +62,9 @@ class FakeClock:
 
     def wall(self, at: datetime) -> float:
         return time.time() + (at - self._now).total_seconds()
+
+    def from_wall(self, moment: float) -> datetime:
+        return self._now + timedelta(seconds=moment - time.time())
 
     def set(self, when: datetime) -> None:
         if when.tzinfo is None:

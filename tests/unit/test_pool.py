@@ -693,9 +693,9 @@ class TimedIO(MemoryIO):
         super().__init__()
         self.began: float | None = None
 
-    def started(self, ago: float = 0.0) -> None:
-        super().started(ago)
-        self.began = time.time() - ago
+    def started(self, at: float | None = None) -> None:
+        super().started(at)
+        self.began = time.time() if at is None else at
 
 
 async def test_tasks_held_for_their_time_wait_in_the_children_and_start_then(
@@ -813,8 +813,8 @@ async def test_a_held_task_that_begins_in_time_is_not_withdrawn(make_pool: MakeP
 class HeardIO(TimedIO):
     """Also notes when the parent heard that the task began."""
 
-    def started(self, ago: float = 0.0) -> None:
-        super().started(ago)
+    def started(self, at: float | None = None) -> None:
+        super().started(at)
         self.heard = time.time()
 
 

@@ -7,8 +7,9 @@ a tight loop costs the store one batched insert per heartbeat, not one commit pe
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from nightshift.clock import Clock
@@ -59,13 +60,14 @@ class RunChannel:
     async def enqueue(self, job: str, params: JSON | None, low_priority: bool) -> int:
         return await self._enqueue(self.run, job, params, low_priority)
 
-    def started(self, ago: float = 0.0) -> None:
+    def started(self, at: float | None = None) -> None:
         if self.started_at is not None:
             return
-        self.started_at = self._clock.now()
-        if ago > 0:
-            self.started_at -= timedelta(seconds=ago)
+        # The reported moment converted, not now minus how long ago: this thread may lose the
+        # interpreter between two clock reads (a recorded start 2-11 ms late, session 16).
+        self.started_at = self._clock.now() if at is None else self._clock.from_wall(at)
         if self.job.timeout_s:
+            ago = 0.0 if at is None else max(0.0, time.time() - at)
             loop = asyncio.get_running_loop()
             self._deadline = loop.call_later(self.job.timeout_s - ago, self.kill, "timeout")
 

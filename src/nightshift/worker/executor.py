@@ -73,10 +73,10 @@ class RunIO(Protocol):
     async def enqueue(self, job: str, params: JSON | None, low_priority: bool) -> int:
         """Create a child run of the named job in the same app; returns its id."""
 
-    def started(self, ago: float = 0.0) -> None:
-        """The execution really begins now, or began `ago` seconds ago (a kind that waits for
-        a slot, like the python process pool, calls this when the run gets one; timeouts count
-        from here)."""
+    def started(self, at: float | None = None) -> None:
+        """The execution really begins now, or began at `at` (`time.time()`, as another
+        process reported it). A kind that waits for a slot, like the python process pool,
+        calls this when the run gets one; timeouts count from here."""
 
     def should_stop(self) -> bool:
         """Whether a graceful stop was asked for."""
@@ -139,7 +139,7 @@ class MemoryIO:
         self.children.append((job, params, low_priority))
         return len(self.children)
 
-    def started(self, ago: float = 0.0) -> None:
+    def started(self, at: float | None = None) -> None:
         self.started_count += 1
 
     def should_stop(self) -> bool:

@@ -443,7 +443,7 @@ class ProcessPool:
         replaced). CancelledError propagates.
 
         `start_at` (`time.time()`) still to come: the task starts then, not sooner (see the
-        module's docstring); `io.started()` is then called with how long ago it began. With
+        module's docstring); `io.started()` is then called with when it began. With
         `withdraw_after`, if it has not begun that many seconds after its time, it is revoked
         and `Withdrawn` is raised: it never ran.
         """
@@ -634,17 +634,17 @@ class ProcessPool:
         now = self._loop.time()
         return now if task.at is None else now + max(0.0, task.at - time.time())
 
-    def _begin(self, task: _Task, ago: float | None = None) -> None:
-        """The task starts now, or began `ago` seconds ago: io.started(). A task held for its
-        time begins when its child says so ("began")."""
-        if task.began or task.cancelled or (task.at is not None and ago is None):
+    def _begin(self, task: _Task, began: float | None = None) -> None:
+        """The task starts now, or began at `began` (`time.time()`): io.started(). A task held
+        for its time begins when its child says so ("began")."""
+        if task.began or task.cancelled or (task.at is not None and began is None):
             return
         task.began = True
         io = task.io
         started = getattr(io, "started", None)
         if started is not None:
             try:
-                started(ago) if ago else started()
+                started() if began is None else started(began)
             except Exception:
                 log.exception("io.started() failed for a python job")
         if not task.stop and io.should_stop():  # asked while it was queued, before a poll
@@ -870,10 +870,10 @@ class ProcessPool:
             return  # a stale message of a task that was cancelled
         if tag == "began":  # a task held for its time has started (its child's clock)
             if task.n == message[1]:
-                self._begin(task, max(0.0, time.time() - message[2]))
+                self._begin(task, min(message[2], time.time()))
             return
         if not task.began and not task.cancelled:
-            self._begin(task, 0.0)  # a revoke was on its way, too late: it runs
+            self._begin(task, time.time())  # a revoke was on its way, too late: it runs
         if tag == "done":
             outcome: dict[str, Any] = message[1]
             outcome.setdefault("state", task.state)
