@@ -93,6 +93,9 @@ PIPELINE_DEPTH = 8
 REFILL_AT = 4
 #: How long a child whose pipe was closed may take to exit before it is killed.
 EXIT_GRACE_S = 5.0
+#: How long a start waits for a fork server that went away to be gone (then a new one starts).
+FORKSERVER_GONE_S = 5.0
+FORKSERVER_RETRY_S = 0.05
 #: The capacity asked for each child's task pipe (Linux allows up to 1 MiB unprivileged):
 #: room for ~1,500 tasks held for their time, half of it.
 TASK_PIPE_BYTES = 1 << 20
@@ -979,20 +982,29 @@ class ProcessPool:
             name="nightshift-python",
         )
         starting = asyncio.ensure_future(asyncio.to_thread(self._start_process, process))
+
+        def close_child_ends(_: object = None) -> None:
+            child_conn.close()
+            task_reader.close()
+
         try:
             await asyncio.shield(starting)
         except asyncio.CancelledError:
             parent_conn.close()
             task_writer.close()
+            # The start goes on in its thread, sending the child's ends to the fork server:
+            # closed under it, the request reaches the server cut short, and the server exits
+            # (multiprocessing's does), failing every start until a new one runs. So they are
+            # closed once the start is over.
+            starting.add_done_callback(close_child_ends)
             starting.add_done_callback(lambda future: _abandon(process, future))
             raise
         except BaseException:
             parent_conn.close()
             task_writer.close()
+            close_child_ends()
             raise
-        finally:
-            child_conn.close()
-            task_reader.close()
+        close_child_ends()
         # The parent talks through a socket object of its own: recv(MSG_DONTWAIT) reads
         # without blocking and without making the shared descriptor non-blocking.
         try:
@@ -1023,7 +1035,18 @@ class ProcessPool:
 
     def _start_process(self, process: BaseProcess) -> None:
         with self._start_lock:
-            process.start()
+            for attempt in itertools.count(1):
+                try:
+                    process.start()
+                    return
+                except (ConnectionRefusedError, FileNotFoundError):
+                    # The fork server is gone, or still going: multiprocessing's exits when a
+                    # request reaches it cut short. Once it has exited, start() launches a new
+                    # one; until then its address refuses.
+                    if attempt * FORKSERVER_RETRY_S >= FORKSERVER_GONE_S:
+                        raise
+                    log.warning("the fork server is gone: starting a python process again")
+                    time.sleep(FORKSERVER_RETRY_S)
 
     # -- the event-loop side of a child's pipe and exit ----------------------------------------
 
