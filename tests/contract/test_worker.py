@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import threading
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -610,7 +612,11 @@ async def test_a_fresh_worker_holds_runs_for_their_time_and_gives_back_what_it_c
     another worker starts them."""
     settings = settings.model_copy(update={"fire_ahead_s": 0.5, "worker_processes": 1})
     clock = SystemClock()
-    first = Worker(store, clock, settings, build_executors(settings))
+    # Two workers of one test process stand for two processes on one host. The first's lease
+    # names another live process: under this process's pid the second would take it for its
+    # own dead predecessor (a restarted container) and recover its running run.
+    elsewhere = f"{socket.gethostname()}:{os.getppid()}:first"
+    first = Worker(store, clock, settings, build_executors(settings), owner=elsewhere)
     service = Service(store, clock, settings, first.executors, on_change=first.wake)
     await first.start()
     second = Worker(store, clock, settings, build_executors(settings))
