@@ -16,8 +16,8 @@ JSON-safe data (multiprocessing's framing), over two pipes:
   then (or until it is revoked), and reported ("began", n, time) when it starts.
 
 While it works through tasks held for a time that has come (a big instant), what it sends is
-kept and written in one go once no such task is next (in the pipe, read without waiting, or
-within TOGETHER_S of its time), or after COALESCE_S: the parent then handles those messages
+kept and written in one go once no such task is next (in the pipe too, read without
+waiting), or after COALESCE_S: the parent then handles those messages
 after the instant's starts rather than taking a core from them (bench/PROFILE.md, sessions 14
 and 16). Everything it sends goes through that one buffer, in order.
 
@@ -64,9 +64,6 @@ from nightshift.worker.framing import complete_frames, frame
 PROGRESS_INTERVAL_S = 0.1
 #: The longest a message is kept while the process works through tasks due together.
 COALESCE_S = 0.02
-#: Tasks held for times this close are due together (runs of one instant have one time, but a
-#: caller may compute each from a delay).
-TOGETHER_S = 0.001
 _READ_SIZE = 1 << 16
 _INTERNAL_FILES = (os.path.abspath(__file__), os.path.dirname(os.path.abspath(asyncio.__file__)))
 
@@ -127,17 +124,17 @@ def main(
 
 
 def _due_next(frames: _Frames) -> bool:
-    """Whether the next task is one held for a time that has come (or comes within
-    TOGETHER_S). What lies in the pipe is read for it without waiting: a big instant's tasks
-    take several reads, and the parent would otherwise hear of the first ones while the
-    children still start the rest."""
+    """Whether the next task is one held for a time that has come (the runs of an instant
+    share one: `Clock.wall`). What lies in the pipe is read for it without waiting: a big
+    instant's tasks take several reads, and the parent would otherwise hear of the first ones
+    while the children still start the rest."""
     message = frames.peek()
     if message is None and frames.fill():
         message = frames.peek()
     if message is None or message[0] != "task":
         return False
     at = message[2].get("at")
-    return at is not None and at <= time.time() + TOGETHER_S
+    return at is not None and at <= time.time()
 
 
 class _Frames:

@@ -1045,7 +1045,8 @@ class ProcessPool:
                     # one; until then its address refuses.
                     if attempt * FORKSERVER_RETRY_S >= FORKSERVER_GONE_S:
                         raise
-                    log.warning("the fork server is gone: starting a python process again")
+                    if attempt == 1:
+                        log.warning("the fork server is gone: waiting for a new one")
                     time.sleep(FORKSERVER_RETRY_S)
 
     # -- the event-loop side of a child's pipe and exit ----------------------------------------
