@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import pickle
 import signal
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from nightshift.worker import forkserver
 from nightshift.worker.child import _Channel, _Frames
 from nightshift.worker.executor import MemoryIO, Withdrawn
 from nightshift.worker.framing import complete_frames, receive
@@ -948,3 +950,69 @@ async def test_tasks_held_for_their_time_go_behind_a_child_not_running_a_long_ta
     assert all(io.began is not None and io.began < at + 0.5 for io in ios)  # not after the sleep
     assert busy.pid not in {logged_pid(io) for io in ios}
     await long
+
+
+# -- starts ---------------------------------------------------------------------------------------
+
+
+def test_a_start_given_up_halfway_still_sends_the_childs_ends_and_kills_what_it_started(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The event loop ends while a child's start is under way on its thread (asyncio.run
+    cancels every task at its end, as a test's loop or a stopping service does). The request
+    that start then sends to the fork server still carries the child's ends of its pipes:
+    closed under it, they were sent as descriptors that no longer exist or by then were
+    others, and multiprocessing's server exits on the first. The server goes on serving, and
+    the process started for nobody is killed."""
+    reached, go = threading.Event(), threading.Event()
+    real_connect = multiprocessing.forkserver.connect_to_new_process
+    handed: dict[str, list[tuple[int, int] | None]] = {}
+
+    def identity(fd: int) -> tuple[int, int] | None:
+        try:
+            info = os.fstat(fd)
+        except OSError:
+            return None
+        return info.st_dev, info.st_ino
+
+    def held_connect(fds: list[int]) -> tuple[int, int]:
+        """The start, its request ready (the child's ends are `fds`), held before it is sent."""
+        handed["ready"] = [identity(fd) for fd in fds]
+        reached.set()
+        go.wait(30)
+        handed["sent"] = [identity(fd) for fd in fds]
+        return real_connect(fds)  # type: ignore[no-any-return]
+
+    forkserver.start()
+    server = multiprocessing.forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
+    before = set(multiprocessing.active_children())
+    monkeypatch.setattr(multiprocessing.forkserver, "connect_to_new_process", held_connect)
+    loop = asyncio.new_event_loop()
+    pool = ProcessPool(1, sys_path=[ROOT])
+    try:
+        starting = loop.create_task(pool.start())
+        assert loop.run_until_complete(asyncio.to_thread(reached.wait, 30))
+        tasks = asyncio.all_tasks(loop)
+        assert starting in tasks
+        for task in tasks:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    finally:
+        go.set()
+        loop.run_until_complete(loop.shutdown_default_executor())  # the start is over
+        loop.close()
+    monkeypatch.undo()
+
+    assert None not in handed["ready"] and handed["sent"] == handed["ready"]
+    assert set(multiprocessing.active_children()) == before
+
+    async def start_another() -> None:
+        another = ProcessPool(1, sys_path=[ROOT])
+        await another.start()
+        io = MemoryIO()
+        assert (await another.run(payload("pid"), io))["status"] == "succeeded"
+        await another.close()
+
+    asyncio.run(start_another())
+    assert multiprocessing.forkserver._forkserver._forkserver_pid == server  # type: ignore[attr-defined]
+    assert "fork server is gone" not in caplog.text

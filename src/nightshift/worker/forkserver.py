@@ -9,12 +9,21 @@ imports the rest (`nightshift up` and `nightshift worker` call it first thing).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import multiprocessing
 import os
 import sys
+import threading
+import time
+from collections.abc import Sequence
 from multiprocessing import forkserver, spawn
+from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
+from multiprocessing.process import BaseProcess
+
+log = logging.getLogger(__name__)
 
 #: Tells the server the program's script, its arguments and whether to run it, as JSON
 #: (forkserver_main.py): the server inherits our environment, and nothing else reaches it.
@@ -31,6 +40,14 @@ PRELOAD = [
     "nightshift.store",
     "nightshift.scheduler",
 ]
+
+
+#: How long a start waits for a fork server that went away to be gone (then a new one starts).
+GONE_S = 5.0
+RETRY_S = 0.05
+
+#: One start at a time: multiprocessing's bookkeeping of its processes is not thread-safe.
+_starting = threading.Lock()
 
 
 def context() -> ForkServerContext:
@@ -57,3 +74,68 @@ def start(*, main_holds_code: bool = True) -> None:
             os.environ.pop(MAIN_VAR, None)
         else:
             os.environ[MAIN_VAR] = before
+
+
+class Start:
+    """The start of `process` from the server, run on a thread of its own by `run()`.
+
+    `handed` are the process's ends of its pipes. They travel to the server with the request,
+    so only this start closes them, once it is over: closed under it by whoever asked for the
+    process (cancelled, or its event loop shut down, which cancels even a shielded start), the
+    request reaches the server cut short, and multiprocessing's server exits on that, failing
+    every start until a new one runs. `abandon()` (by whoever no longer wants the process):
+    the process is killed as soon as it has started, or at once if it has."""
+
+    def __init__(self, process: BaseProcess, handed: Sequence[Connection]) -> None:
+        self.process = process
+        self._handed = handed
+        self._lock = threading.Lock()
+        self._started = False
+        self._abandoned = False
+
+    def run(self) -> None:
+        try:
+            with _starting:
+                _start(self.process)
+        finally:
+            for end in self._handed:
+                end.close()
+        with self._lock:
+            self._started = True
+            abandoned = self._abandoned
+        if abandoned:
+            _kill(self.process)
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            started = self._started
+        if started:
+            threading.Thread(target=_kill, args=(self.process,), daemon=True).start()
+
+
+def _start(process: BaseProcess) -> None:
+    gone_since = None
+    while True:
+        try:
+            process.start()
+            return
+        except (ConnectionRefusedError, FileNotFoundError):
+            # The server is gone, or still going. Once it has exited, start() launches a new
+            # one; until then its address refuses.
+            now = time.monotonic()
+            if gone_since is None:
+                gone_since = now
+                log.warning("the fork server is gone: waiting for a new one")
+            elif now - gone_since >= GONE_S:
+                raise
+            time.sleep(RETRY_S)
+
+
+def _kill(process: BaseProcess) -> None:
+    """Kill and reap a process nobody wants (a start that failed has nothing to kill)."""
+    if process.pid is None:
+        return
+    with contextlib.suppress(Exception):
+        process.kill()
+        process.join(5)

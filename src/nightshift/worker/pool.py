@@ -66,7 +66,6 @@ import pickle
 import select
 import signal
 import socket
-import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -93,9 +92,6 @@ PIPELINE_DEPTH = 8
 REFILL_AT = 4
 #: How long a child whose pipe was closed may take to exit before it is killed.
 EXIT_GRACE_S = 5.0
-#: How long a start waits for a fork server that went away to be gone (then a new one starts).
-FORKSERVER_GONE_S = 5.0
-FORKSERVER_RETRY_S = 0.05
 #: The capacity asked for each child's task pipe (Linux allows up to 1 MiB unprivileged):
 #: room for ~1,500 tasks held for their time, half of it.
 TASK_PIPE_BYTES = 1 << 20
@@ -331,7 +327,6 @@ class ProcessPool:
         self._deadlines: list[tuple[float, int, _Task]] = []
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._spawning: set[asyncio.Task[None]] = set()
-        self._start_lock = threading.Lock()
         self._started = False
         self._closed = False
         self._generation = 0  # bumped by recycle(): children of older generations retire
@@ -981,30 +976,14 @@ class ProcessPool:
             args=(child_conn, task_reader, self._imports, self._sys_path, self._log_level),
             name="nightshift-python",
         )
-        starting = asyncio.ensure_future(asyncio.to_thread(self._start_process, process))
-
-        def close_child_ends(_: object = None) -> None:
-            child_conn.close()
-            task_reader.close()
-
+        start = forkserver.Start(process, handed=(child_conn, task_reader))
         try:
-            await asyncio.shield(starting)
-        except asyncio.CancelledError:
-            parent_conn.close()
-            task_writer.close()
-            # The start goes on in its thread, sending the child's ends to the fork server:
-            # closed under it, the request reaches the server cut short, and the server exits
-            # (multiprocessing's does), failing every start until a new one runs. So they are
-            # closed once the start is over.
-            starting.add_done_callback(close_child_ends)
-            starting.add_done_callback(lambda future: _abandon(process, future))
-            raise
+            await asyncio.to_thread(start.run)
         except BaseException:
             parent_conn.close()
             task_writer.close()
-            close_child_ends()
+            start.abandon()
             raise
-        close_child_ends()
         # The parent talks through a socket object of its own: recv(MSG_DONTWAIT) reads
         # without blocking and without making the shared descriptor non-blocking.
         try:
@@ -1032,22 +1011,6 @@ class ProcessPool:
         for error in errors:
             log.warning("python worker process could not import %s", error)
         return child
-
-    def _start_process(self, process: BaseProcess) -> None:
-        with self._start_lock:
-            for attempt in itertools.count(1):
-                try:
-                    process.start()
-                    return
-                except (ConnectionRefusedError, FileNotFoundError):
-                    # The fork server is gone, or still going: multiprocessing's exits when a
-                    # request reaches it cut short. Once it has exited, start() launches a new
-                    # one; until then its address refuses.
-                    if attempt * FORKSERVER_RETRY_S >= FORKSERVER_GONE_S:
-                        raise
-                    if attempt == 1:
-                        log.warning("the fork server is gone: waiting for a new one")
-                    time.sleep(FORKSERVER_RETRY_S)
 
     # -- the event-loop side of a child's pipe and exit ----------------------------------------
 
@@ -1181,16 +1144,3 @@ def _spread_order(child: ChildProcess) -> tuple[bool, int]:
 def _fail_closed(task: _Task) -> None:
     if not task.future.done():
         task.future.set_exception(PoolClosed("the python process pool is closed"))
-
-
-def _kill_quietly(process: BaseProcess) -> None:
-    with contextlib.suppress(Exception):
-        process.kill()
-
-
-def _abandon(process: BaseProcess, started: asyncio.Future[None]) -> None:
-    """Kill a process whose start was cancelled, and reap it off the event loop."""
-    if (not started.cancelled() and started.exception() is not None) or process.pid is None:
-        return
-    _kill_quietly(process)
-    threading.Thread(target=process.join, args=(5,), daemon=True).start()

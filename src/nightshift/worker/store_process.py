@@ -117,11 +117,14 @@ class StoreProcess:
             args=(self.url, self.sqlite_synchronous, [child for _, child in pairs]),
             name="nightshift-store",
         )
+        start = forkserver.Start(process, handed=[child for _, child in pairs])
         try:
-            await asyncio.to_thread(process.start)
-        finally:
-            for _, child in pairs:
-                child.close()
+            await asyncio.to_thread(start.run)
+        except BaseException:
+            for parent, _ in pairs:
+                parent.close()
+            start.abandon()
+            raise
         self._process = process
         self._ready = loop.create_future()
         for lane, (parent, _) in enumerate(pairs):
