@@ -1016,3 +1016,25 @@ def test_a_start_given_up_halfway_still_sends_the_childs_ends_and_kills_what_it_
     asyncio.run(start_another())
     assert multiprocessing.forkserver._forkserver._forkserver_pid == server  # type: ignore[attr-defined]
     assert "fork server is gone" not in caplog.text
+
+
+async def test_a_child_replaced_after_the_fork_server_was_killed_comes_from_a_new_one(
+    make_pool: MakePool,
+) -> None:
+    """The fork server killed (an OOM killer, an operator's kill -9): the pool's next start
+    waits for it to be gone and gets a new one; the work goes on."""
+    pool = await make_pool(1)
+    first = await pool.run(payload("pid"), before := MemoryIO())
+    assert first["status"] == "succeeded"
+    server = multiprocessing.forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
+    os.kill(server, signal.SIGKILL)
+    [child] = pool.children
+    child.kill()  # its replacement must come from a fork server
+    await wait_until(
+        lambda: [c.pid for c in pool.children if c.state == "idle"] not in ([], [child.pid]), 30
+    )
+    after = MemoryIO()
+    outcome = await asyncio.wait_for(pool.run(payload("pid"), after), 30)
+    assert outcome["status"] == "succeeded", outcome
+    assert logged_pid(after) != logged_pid(before)
+    assert multiprocessing.forkserver._forkserver._forkserver_pid != server  # type: ignore[attr-defined]
