@@ -39,6 +39,7 @@ class Hook:
     received: list[dict[str, Any]] = field(default_factory=list)
     raw: list[bytes] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    set_cookie: str | None = None  # a Set-Cookie header for every answer
 
 
 @pytest.fixture
@@ -55,6 +56,8 @@ def hook() -> Iterator[Hook]:
                 )
                 status = state.answers.pop(0) if state.answers else 200
             self.send_response(status)
+            if state.set_cookie:
+                self.send_header("Set-Cookie", state.set_cookie)
             self.send_header("Content-Length", "0")
             self.end_headers()
 

@@ -8,12 +8,14 @@ from datetime import timedelta
 from email import policy
 
 from nightshift.access import AccessService
+from nightshift.alerts.deliver import WebhookSender
 from nightshift.alerts.dispatcher import AlertDispatcher
 from nightshift.alerts.rules import AlertRules
 from nightshift.clock import FakeClock
 from nightshift.domain.status import RunStatus
 from nightshift.store import SqlStore
 from nightshift.store.base import Completion, NewRun
+from nightshift.worker.netguard import AddressPolicy
 from tests.alerts.conftest import (
     OWNER,
     T0,
@@ -290,3 +292,17 @@ async def test_messages_are_withheld_when_secrets_cannot_be_read(
     assert error["type"] == "RuntimeError"
     assert "withheld" in error["message"]
     assert SECRET.encode() not in hook.raw[0]
+
+
+async def test_a_cookie_a_webhook_answer_sets_never_goes_with_another_alert(hook: Hook) -> None:
+    """The webhook client is shared by every app's alert rules: a cookie one receiver's
+    answer sets would go with another app's alerts to the same host."""
+    hook.set_cookie = "session=app-a-secret; Path=/"
+    sender = WebhookSender(AddressPolicy(allow_private=True))
+    try:
+        assert (await sender.send(hook.url, {"app": "a"})).ok
+        assert (await sender.send(hook.url, {"app": "b"})).ok
+    finally:
+        await sender.close()
+    assert [r["json"]["app"] for r in hook.received] == ["a", "b"]
+    assert "Cookie" not in hook.received[1]["headers"]

@@ -68,6 +68,12 @@ def make_app(rec: Recorder) -> Starlette:
         await record(request)
         return RedirectResponse(request.query_params["to"], status_code=302)
 
+    async def login(request: Request) -> Response:
+        await record(request)
+        response = Response("logged in")
+        response.set_cookie("session", "app-a-secret", path="/")
+        return response
+
     async def loop(request: Request) -> Response:
         await record(request)
         return RedirectResponse("/loop", status_code=302)
@@ -96,6 +102,7 @@ def make_app(rec: Recorder) -> Starlette:
             Route("/slow", slow),
             Route("/redirect", redirect),
             Route("/loop", loop),
+            Route("/login", login),
             Route("/huge", huge),
         ]
     )
@@ -492,6 +499,25 @@ async def test_redirects_are_followed(executor, srv) -> None:
     outcome = await executor.execute(task(config), MemoryIO())
     assert outcome.status == "failed"
     assert outcome.result["response"]["status"] == 302
+
+
+async def test_a_cookie_one_run_receives_is_never_sent_by_another(executor, srv, rec) -> None:
+    """Every run shares the worker's client: a cookie kept from one app's response would go
+    with another app's requests to the same server (a session, for instance)."""
+    login = Task(
+        run_id=1,
+        job=Job(id=1, app="a", name="login", kind=JobKind.HTTP, config={"url": srv.url("/login")}),
+        params={},
+    )
+    echo = Task(
+        run_id=2,
+        job=Job(id=2, app="b", name="call", kind=JobKind.HTTP, config={"url": srv.url("/echo")}),
+        params={},
+    )
+    assert (await executor.execute(login, MemoryIO())).status == "succeeded"
+    assert (await executor.execute(echo, MemoryIO())).status == "succeeded"
+    [sent] = rec.find("/echo")
+    assert "cookie" not in sent["headers"]
 
 
 async def test_a_redirect_loop_stops_after_five(executor, srv, rec) -> None:

@@ -18,7 +18,13 @@ import httpx
 from nightshift.config import Settings
 from nightshift.domain.models import JSON
 from nightshift.worker.kinds.http_request import is_permanent_status
-from nightshift.worker.netguard import AddressPolicy, BlockedAddress, Resolver, guarded_transport
+from nightshift.worker.netguard import (
+    AddressPolicy,
+    BlockedAddress,
+    Resolver,
+    guarded_transport,
+    no_cookies,
+)
 
 MAX_ERROR_CHARS = 500
 
@@ -95,6 +101,7 @@ class WebhookSender:
             self._client = httpx.AsyncClient(
                 transport=guarded_transport(self.policy, resolver=self._resolver),
                 trust_env=False,  # no proxies from the environment: they bypass the guard
+                cookies=no_cookies(),  # every app's alerts share this client
                 follow_redirects=False,
                 headers={"User-Agent": "nightshift-alerts"},
                 timeout=httpx.Timeout(self.timeout_s),

@@ -22,6 +22,7 @@ import time
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpcore
 import httpx
@@ -429,6 +430,17 @@ class ConnectionPool(httpcore.AsyncConnectionPool):
             taken.add(connection)
             request.assign_to_connection(connection)
         return closing
+
+
+class _KeepNoCookies(DefaultCookiePolicy):
+    def set_ok(self, cookie: object, request: object) -> bool:
+        return False
+
+
+def no_cookies() -> CookieJar:
+    """The jar of a client that every app's requests share (http jobs, alert webhooks): it
+    refuses every cookie a response sets, so that none goes with another app's request."""
+    return CookieJar(policy=_KeepNoCookies())
 
 
 def guarded_transport(

@@ -3,6 +3,8 @@
 Every run of every http job shares one `httpx.AsyncClient`, so a thousand slow calls wait in one
 event loop rather than in a thousand threads. Its connections go through the guarded network
 backend (`worker/netguard.py`), which checks each address it connects to, redirects included.
+It keeps no cookies: one run's response must not set what another run's request sends (runs of
+every app share the client). A request carries the cookies its job's headers name, no more.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from nightshift.worker.netguard import (
     Resolver,
     check_host_now,
     guarded_transport,
+    no_cookies,
 )
 
 # --- the executor --------------------------------------------------------------------------
@@ -89,6 +92,7 @@ class HttpExecutor:
         self._client = httpx.AsyncClient(
             transport=transport,
             trust_env=False,  # no proxies or .netrc from the environment: they bypass the guard
+            cookies=no_cookies(),
             max_redirects=MAX_REDIRECTS,
             headers={"User-Agent": "nightshift"},
         )
