@@ -70,7 +70,7 @@ def make_app(rec: Recorder) -> Starlette:
 
     async def login(request: Request) -> Response:
         await record(request)
-        response = Response("logged in")
+        response = Response("logged in", headers={"X-Session-Token": "tok-abc"})
         response.set_cookie("session", "app-a-secret", path="/")
         return response
 
@@ -478,6 +478,18 @@ async def test_secret_headers_are_masked_in_the_record(executor, srv, rec) -> No
         assert recorded[name] == "***"
     assert recorded["x-plain"] == "visible"
     assert "s3cret" not in json.dumps(outcome.result)
+
+
+async def test_secrets_the_response_sends_are_masked_in_the_record(executor, srv) -> None:
+    """A session cookie or a token a server hands out is as secret as the ones we send."""
+    outcome = await executor.execute(task({"url": srv.url("/login")}), MemoryIO())
+    assert outcome.status == "succeeded"
+    recorded = outcome.result["response"]["headers"]
+    assert recorded["set-cookie"] == "***"
+    assert recorded["x-session-token"] == "***"
+    assert recorded["content-length"] == "9"
+    assert "app-a-secret" not in json.dumps(outcome.result)
+    assert "tok-abc" not in json.dumps(outcome.result)
 
 
 async def test_a_password_in_the_url_is_masked(executor, srv, rec) -> None:

@@ -174,7 +174,7 @@ class HttpExecutor:
                 try:
                     record["response"] = received = {
                         "status": response.status_code,
-                        "headers": dict(response.headers),
+                        "headers": mask_headers(response.headers),
                         "body": None,
                         "truncated": False,
                         "elapsed_ms": None,

@@ -18,7 +18,11 @@ from nightshift.errors import InvalidInput
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 MAX_REDIRECTS = 5
-SECRET_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "x-api-key"})
+# Recorded as *** in the request sent and in the response received (a session a server hands
+# out is as secret as a key we send).
+SECRET_HEADERS = frozenset(
+    {"authorization", "cookie", "proxy-authorization", "set-cookie", "x-api-key"}
+)
 SECRET_HEADER_PARTS = ("token", "secret")
 MASK = "***"
 # 4xx answers that may well differ on a later attempt; every other 4xx is permanent.
