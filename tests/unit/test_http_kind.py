@@ -501,6 +501,20 @@ async def test_a_password_in_the_url_is_masked(executor, srv, rec) -> None:
     assert outcome.result["request"]["url"].startswith("http://user:***@127.0.0.1:")
 
 
+async def test_credentials_in_the_query_are_masked_and_the_rest_kept_as_written(
+    executor, srv, rec
+) -> None:
+    query = "q=visible&api_key=k1&access_token=t2&sort_key=s&x=%7Ba%7D&Signature=z9&empty"
+    outcome = await executor.execute(task({"url": srv.url("/status/200"), "query": query}), MemoryIO())
+    assert outcome.status == "succeeded"
+    assert rec.find("/status/200")[0]["raw_query"] == query  # sent as written
+    shown = "q=visible&api_key=***&access_token=***&sort_key=s&x=%7Ba%7D&Signature=***&empty"
+    assert outcome.result["request"]["url"] == srv.url(f"/status/200?{shown}")
+    assert outcome.result["response"]["url"] == srv.url(f"/status/200?{shown}")
+    for secret in ("k1", "t2", "z9"):
+        assert secret not in json.dumps(outcome.result)
+
+
 async def test_redirects_are_followed(executor, srv) -> None:
     config = {"url": srv.url("/redirect"), "query": {"to": "/echo?x=1"}}
     outcome = await executor.execute(task(config), MemoryIO())

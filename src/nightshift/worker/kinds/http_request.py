@@ -24,6 +24,18 @@ SECRET_HEADERS = frozenset(
     {"authorization", "cookie", "proxy-authorization", "set-cookie", "x-api-key"}
 )
 SECRET_HEADER_PARTS = ("token", "secret")
+SECRET_PARAMS = frozenset({"key", "sig", "auth"})
+SECRET_PARAM_PARTS = (
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "apikey",
+    "api_key",
+    "api-key",
+    "access_key",
+    "signature",
+)
 MASK = "***"
 # 4xx answers that may well differ on a later attempt; every other 4xx is permanent.
 RETRYABLE_4XX = frozenset({408, 425, 429})
@@ -285,11 +297,26 @@ def mask_headers(headers: httpx.Headers | dict[str, str]) -> dict[str, str]:
     return {k: MASK if is_secret_header(k) else v for k, v in headers.items()}
 
 
+def is_secret_param(name: str) -> bool:
+    """A query parameter whose value is a credential by its name (api_key, access_token...)."""
+    name = name.lower()
+    return name in SECRET_PARAMS or any(part in name for part in SECRET_PARAM_PARTS)
+
+
 def shown_url(url: httpx.URL | str) -> str:
-    """The URL as recorded and logged: a password in it shows as ***."""
+    """The URL as recorded and logged: a password in it, and the value of a query parameter
+    named as a credential, show as ***. The rest of the query stays as written."""
     url = httpx.URL(url) if isinstance(url, str) else url
     if url.password:
         url = url.copy_with(username=url.username, password=MASK)
+    query = url.query.decode("ascii")
+    if query:
+        parts = query.split("&")
+        for i, part in enumerate(parts):
+            name, sep, _ = part.partition("=")
+            if sep and is_secret_param(unquote_plus(name)):
+                parts[i] = f"{name}={MASK}"
+        url = url.copy_with(query="&".join(parts).encode("ascii"))
     return str(url)
 
 
