@@ -505,7 +505,9 @@ async def test_credentials_in_the_query_are_masked_and_the_rest_kept_as_written(
     executor, srv, rec
 ) -> None:
     query = "q=visible&api_key=k1&access_token=t2&sort_key=s&x=%7Ba%7D&Signature=z9&empty"
-    outcome = await executor.execute(task({"url": srv.url("/status/200"), "query": query}), MemoryIO())
+    outcome = await executor.execute(
+        task({"url": srv.url("/status/200"), "query": query}), MemoryIO()
+    )
     assert outcome.status == "succeeded"
     assert rec.find("/status/200")[0]["raw_query"] == query  # sent as written
     shown = "q=visible&api_key=***&access_token=***&sort_key=s&x=%7Ba%7D&Signature=***&empty"
