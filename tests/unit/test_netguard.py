@@ -370,6 +370,8 @@ def test_allow_private_opens_laptop_addresses_but_never_cloud_metadata() -> None
 # httpcore 1.0.9 handed one idle connection to every request that came in before the first of
 # them started on it; all but one failed with ConnectionNotAvailable and went round again,
 # each running a pass that cost O(connections²). A thousand http jobs crawled (issue #6).
+# The tests run in an event loop, as the pool always does: handing a request a connection sets
+# an event of httpcore's, which asks sniffio for the running async library.
 
 
 class FakeConnection:
@@ -414,7 +416,7 @@ def test_the_pass_replaced_is_the_one_httpcore_runs() -> None:
     assert type(transport._pool) is ConnectionPool
 
 
-def test_an_idle_connection_goes_to_one_waiting_request() -> None:
+async def test_an_idle_connection_goes_to_one_waiting_request() -> None:
     idle = FakeConnection()
     pool = make_pool(idle)
     first, second, third = waiting(pool), waiting(pool), waiting(pool)
@@ -425,7 +427,7 @@ def test_an_idle_connection_goes_to_one_waiting_request() -> None:
     assert len(pool._connections) == 3
 
 
-def test_a_connection_held_by_a_request_not_started_on_it_is_not_given_again() -> None:
+async def test_a_connection_held_by_a_request_not_started_on_it_is_not_given_again() -> None:
     idle, busy = FakeConnection(), FakeConnection(state="active")
     pool = make_pool(idle, busy, max_connections=2)
     first = waiting(pool)
@@ -437,7 +439,7 @@ def test_a_connection_held_by_a_request_not_started_on_it_is_not_given_again() -
     assert pool._connections == [idle, busy]
 
 
-def test_the_keepalive_limit_counts_idle_connections_only() -> None:
+async def test_the_keepalive_limit_counts_idle_connections_only() -> None:
     busy = [FakeConnection(state="active") for _ in range(3)]
     idle = [FakeConnection() for _ in range(3)]
     pool = make_pool(*busy, *idle[:2], keepalive=2)
@@ -448,7 +450,7 @@ def test_the_keepalive_limit_counts_idle_connections_only() -> None:
     assert pool._connections == [*busy, *idle[1:]]
 
 
-def test_at_max_connections_an_idle_connection_elsewhere_makes_room() -> None:
+async def test_at_max_connections_an_idle_connection_elsewhere_makes_room() -> None:
     other, busy = FakeConnection("http://b.test/"), FakeConnection(state="active")
     pool = make_pool(other, busy, max_connections=2)
     request = waiting(pool, "http://a.test/")
@@ -458,7 +460,7 @@ def test_at_max_connections_an_idle_connection_elsewhere_makes_room() -> None:
     assert pool._connections == [busy, request.connection]
 
 
-def test_closed_and_expired_connections_leave_the_pool() -> None:
+async def test_closed_and_expired_connections_leave_the_pool() -> None:
     closed, expired = FakeConnection(state="closed"), FakeConnection(expired=True)
     fresh = FakeConnection()
     pool = make_pool(closed, expired, fresh)
@@ -468,7 +470,7 @@ def test_closed_and_expired_connections_leave_the_pool() -> None:
     assert pool._connections == [fresh]
 
 
-def test_between_sweeps_a_connection_is_checked_before_it_is_given_out() -> None:
+async def test_between_sweeps_a_connection_is_checked_before_it_is_given_out() -> None:
     dropped, fresh, later = FakeConnection(expired=True), FakeConnection(), FakeConnection()
     pool = make_pool(dropped, fresh, later)
     pool._swept_at = time.monotonic()  # swept just now: the next sweep is SWEEP_S away
