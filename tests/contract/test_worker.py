@@ -7,14 +7,14 @@ import os
 import socket
 import threading
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import pairwise
 
 import pytest
 from sqlalchemy import update
 
-from nightshift.clock import SystemClock
+from nightshift.clock import FakeClock, SystemClock
 from nightshift.config import Settings
 from nightshift.domain.misfire import FirePlan
 from nightshift.domain.models import JobKind
@@ -647,3 +647,79 @@ async def test_a_fresh_worker_holds_runs_for_their_time_and_gives_back_what_it_c
         stop.set()
         await asyncio.gather(*runners)
         await asyncio.gather(first.close(grace_s=0), second.close(grace_s=0))
+
+
+class _Unreported:
+    """The python kind's place, holding its runs as a process pool does between a run's time
+    and its "began": neither started nor ended, here for good (the test's tap)."""
+
+    kind = JobKind.PYTHON
+    reports_start = True
+    starts_on_time = True
+
+    def __init__(self) -> None:
+        self.tasks: list[Task] = []
+
+    def validate(self, config: dict) -> dict:  # type: ignore[type-arg]
+        return config
+
+    async def start(self) -> None:
+        pass
+
+    async def execute(self, task: Task, io: object) -> Outcome:
+        self.tasks.append(task)
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_run_held_for_its_time_takes_a_process_once_the_time_has_come(  # type: ignore[no-untyped-def]
+    store, settings, monkeypatch
+) -> None:
+    """A fresh worker holds no more due runs than it has processes: a run it claimed ahead of
+    its time counts as one of them from that time on, though its process has not reported it
+    begun yet. Counted as still held, it let the worker take a due run too many, which then
+    waited for a process while another worker had one free (a flaky fault test showed it)."""
+    clock = FakeClock(SystemClock().now())
+    settings = settings.model_copy(update={"fire_ahead_s": 0.5, "worker_processes": 2})
+    executors = build_executors(settings)
+    pool = executors[JobKind.PYTHON] = _Unreported()  # type: ignore[assignment]
+    worker = Worker(store, clock, settings, executors)
+    service = Service(store, clock, settings, executors, on_change=worker.wake)
+    await worker.start()
+    claims: list[object] = []
+    call = worker._call
+
+    async def counted(name: str, *args: object) -> object:
+        result = await call(name, *args)
+        if name == "claim_slots":
+            claims.append(args[3])
+        return result
+
+    monkeypatch.setattr(worker, "_call", counted)
+    job = py(service, "ok")
+    t0 = clock.now()
+
+    def enqueue(at: datetime) -> int:
+        return store.enqueue(NewRun(job_id=job.id, run_at=at), clock.now()).id
+
+    first = enqueue(t0)
+    ahead = enqueue(t0 + timedelta(seconds=0.01))
+    stop = asyncio.Event()
+    runner = asyncio.create_task(worker.run(stop))
+    try:
+        await until(lambda: len(pool.tasks) == 2)  # one due, one held for its time
+        assert {t.run_id for t in pool.tasks} == {first, ahead}
+        clock.advance(0.02)  # its time has come; its process says nothing yet
+        due = [enqueue(clock.now()) for _ in range(3)]
+        looked = len(claims)
+        worker.wake()
+        await until(lambda: len(claims) > looked)  # it looked for work after the wake
+        assert len(pool.tasks) == settings.worker_processes  # and took none: no process free
+        assert [store.get_run(r).status for r in due] == [S.PENDING] * 3
+    finally:
+        stop.set()
+        await runner
+        await worker.close(grace_s=0)

@@ -224,14 +224,17 @@ class Worker:
         new work was announced: claims then come in batches without keeping a new run waiting
         behind the ones held here. Runs held for their time (`_ahead_room`) take no process
         until it comes; event-loop runs held for theirs share the loop's slots."""
-        # A run whose outcome is being recorded no longer needs a process or a loop slot.
+        # A run whose outcome is being recorded no longer needs a process or a loop slot. One
+        # held for its time takes none until the time comes; from then on it takes one (or
+        # waits for one) like a due run, though its process may not have reported it begun.
+        now = self.clock.now()
         in_process = in_loop = held = 0
         for chan in self._inflight.values():
             if chan.completing:
                 continue
             if chan.job.kind not in _PROCESS_KINDS:
                 in_loop += 1
-            elif chan.early and chan.started_at is None:
+            elif chan.early and chan.started_at is None and chan.run.run_at > now:
                 held += 1
             else:
                 in_process += 1
