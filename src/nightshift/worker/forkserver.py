@@ -9,6 +9,7 @@ imports the rest (`nightshift up` and `nightshift worker` call it first thing).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -76,16 +77,29 @@ def start(*, main_holds_code: bool = True) -> None:
             os.environ[MAIN_VAR] = before
 
 
-class Start:
-    """The start of `process` from the server, run on a thread of its own by `run()`.
+async def start_process(
+    process: BaseProcess, handed: Sequence[Connection], kept: Sequence[Connection]
+) -> None:
+    """Start `process` from the server, on a thread of its own.
 
-    `handed` are the process's ends of its pipes. They travel to the server with the request,
-    so only this start closes them, once it is over: closed under it by whoever asked for the
-    process (cancelled, or its event loop shut down, which cancels even a shielded start), the
-    request reaches the server cut short, and multiprocessing's server exits on that, failing
-    every start until a new one runs. `abandon()` (by whoever no longer wants the process):
-    the process is killed as soon as it has started, or at once if it has."""
+    `handed` are the process's ends of its pipes, `kept` ours. The handed ends travel to the
+    server with the request, so only the start's thread closes them, once it is over: closed
+    under it by whoever asked for the process (cancelled, or its event loop shut down, which
+    cancels even a shielded start), the request reaches the server cut short, and
+    multiprocessing's server exits on that, failing every start until a new one runs. If the
+    caller gives up or the start fails, our ends are closed and the process is killed as soon
+    as it has started (at once if it has)."""
+    start = _Start(process, handed)
+    try:
+        await asyncio.to_thread(start.run)
+    except BaseException:
+        for end in kept:
+            end.close()
+        start.abandon()
+        raise
 
+
+class _Start:
     def __init__(self, process: BaseProcess, handed: Sequence[Connection]) -> None:
         self.process = process
         self._handed = handed

@@ -976,14 +976,9 @@ class ProcessPool:
             args=(child_conn, task_reader, self._imports, self._sys_path, self._log_level),
             name="nightshift-python",
         )
-        start = forkserver.Start(process, handed=(child_conn, task_reader))
-        try:
-            await asyncio.to_thread(start.run)
-        except BaseException:
-            parent_conn.close()
-            task_writer.close()
-            start.abandon()
-            raise
+        await forkserver.start_process(
+            process, handed=(child_conn, task_reader), kept=(parent_conn, task_writer)
+        )
         # The parent talks through a socket object of its own: recv(MSG_DONTWAIT) reads
         # without blocking and without making the shared descriptor non-blocking.
         try:

@@ -121,14 +121,11 @@ class StoreProcess:
             args=(self.url, self.sqlite_synchronous, [child for _, child in pairs]),
             name="nightshift-store",
         )
-        start = forkserver.Start(process, handed=[child for _, child in pairs])
-        try:
-            await asyncio.to_thread(start.run)
-        except BaseException:
-            for parent, _ in pairs:
-                parent.close()
-            start.abandon()
-            raise
+        await forkserver.start_process(
+            process,
+            handed=[child for _, child in pairs],
+            kept=[parent for parent, _ in pairs],
+        )
         self._process = process
         self._ready = loop.create_future()
         for lane, (parent, _) in enumerate(pairs):

@@ -26,8 +26,7 @@ SECRET_HEADERS = frozenset(
 SECRET_HEADER_PARTS = ("token", "secret")
 SECRET_PARAMS = frozenset({"key", "sig", "auth"})
 SECRET_PARAM_PARTS = (
-    "token",
-    "secret",
+    *SECRET_HEADER_PARTS,
     "password",
     "passwd",
     "apikey",
