@@ -24,6 +24,7 @@ from nightshift.store import NewRun, SqlStore
 from nightshift.store.tables import runs
 from nightshift.worker import worker as worker_module
 from nightshift.worker.executor import Outcome, Task
+from nightshift.worker.kinds.python import PythonExecutor
 from nightshift.worker.kinds.registry import build_executors
 from nightshift.worker.store_process import store_calls
 from nightshift.worker.worker import Worker
@@ -722,4 +723,105 @@ async def test_a_run_held_for_its_time_takes_a_process_once_the_time_has_come(  
     finally:
         stop.set()
         await runner
+        await worker.close(grace_s=0)
+
+
+# -- the python processes start in the background --------------------------------------------
+
+
+def slow_to_import(tmp_path) -> tuple[PythonExecutor, object, object]:  # type: ignore[no-untyped-def]
+    """A python kind whose process imports a module that waits for a gate file (a heavy
+    import: pandas, Django's set-up), after writing its pid. Returns it, the gate, the pid
+    file."""
+    gate, pid = tmp_path / "open", tmp_path / "pid"
+    (tmp_path / "slow_to_import.py").write_text(
+        "import os, pathlib, time\n"
+        f"pathlib.Path({str(pid)!r}).write_text(str(os.getpid()))\n"
+        "end = time.monotonic() + 60\n"
+        f"while not pathlib.Path({str(gate)!r}).exists() and time.monotonic() < end:\n"
+        "    time.sleep(0.01)\n"
+    )
+    kind = PythonExecutor(processes=1, imports=["slow_to_import"], sys_path=[str(tmp_path)])
+    return kind, gate, pid
+
+
+async def test_other_kinds_run_while_the_python_processes_start(store, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The python processes import the user's modules, which can take seconds: http runs do
+    not wait for them, and python runs stay pending (for any worker) until they are up."""
+    clock = SystemClock()
+    executors = build_executors(settings)
+    executors[JobKind.PYTHON], gate, _ = slow_to_import(tmp_path)
+    worker = Worker(store, clock, settings, executors)
+    service = Service(store, clock, settings, executors, on_change=worker.wake)
+    await worker.start()  # returns while the process imports
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    stop = asyncio.Event()
+    runner = asyncio.create_task(worker.run(stop))
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/ping"
+        ping = service.create_job({"name": "ping", "kind": "http", "config": {"url": url}})
+        python_run = service.run_now(py(service, "ok").id)
+        http_run = service.run_now(ping.id)
+        await until(lambda: store.get_run(http_run.id).status == S.SUCCEEDED)
+        waiting = store.get_run(python_run.id)
+        assert waiting.status == S.PENDING and waiting.lease_owner is None  # not taken
+        gate.touch()  # the import ends: the process is ready
+        await until(lambda: store.get_run(python_run.id).status == S.SUCCEEDED)
+    finally:
+        stop.set()
+        await runner
+        await worker.close(grace_s=0)
+        server.shutdown()
+
+
+async def test_a_worker_closed_while_its_python_processes_start_stops_them(  # type: ignore[no-untyped-def]
+    store, settings, tmp_path
+) -> None:
+    executors = build_executors(settings)
+    executors[JobKind.PYTHON], _, pid_file = slow_to_import(tmp_path)
+    worker = Worker(store, SystemClock(), settings, executors)
+    await worker.start()
+    await until(pid_file.exists)  # the process is importing
+    pid = int(pid_file.read_text())
+    await asyncio.wait_for(worker.close(grace_s=0), timeout=10)  # without waiting for it
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    await until(gone)
+
+
+async def test_python_processes_that_fail_to_start_are_started_again(  # type: ignore[no-untyped-def]
+    store, settings, tmp_path, caplog
+) -> None:
+    """A process that dies before it is ready fails the start, which is tried again; the
+    python runs wait, pending, and run once a start succeeds."""
+    marker = tmp_path / "died"
+    (tmp_path / "dies_once.py").write_text(
+        "import os, pathlib\n"
+        f"marker = pathlib.Path({str(marker)!r})\n"
+        "if not marker.exists():\n"
+        "    marker.touch()\n"
+        "    os._exit(3)\n"
+    )
+    executors = build_executors(settings)
+    executors[JobKind.PYTHON] = PythonExecutor(
+        processes=1, imports=["dies_once"], sys_path=[str(tmp_path)]
+    )
+    clock = SystemClock()
+    worker = Worker(store, clock, settings, executors)
+    service = Service(store, clock, settings, executors, on_change=worker.wake)
+    await worker.start()
+    try:
+        run = service.run_now(py(service, "ok").id)
+        assert await worker.run_once()  # once the second start is up
+        assert store.get_run(run.id).status == S.SUCCEEDED
+        assert marker.exists()
+        assert "could not start the python processes; retrying" in caplog.text
+    finally:
         await worker.close(grace_s=0)

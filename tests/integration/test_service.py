@@ -135,6 +135,46 @@ def test_http_jobs_run_against_a_real_server(tmp_path: Path, database_url: str, 
     assert run.result["response"]["status"] == 200 and run.result["response"]["body"] == "pong"
 
 
+HEAVY_IMPORT = textwrap.dedent(
+    """
+    import multiprocessing, pathlib, time
+    import nightshift
+
+    if multiprocessing.parent_process() is not None:  # in the worker's python processes only
+        gate = pathlib.Path(__file__).with_name("imported")
+        end = time.monotonic() + 60
+        while not gate.exists() and time.monotonic() < end:  # a heavy import (pandas, Django)
+            time.sleep(0.01)
+
+    @nightshift.job()
+    def quick(ctx):
+        return nightshift.OK
+    """
+)
+
+
+def test_the_api_and_http_runs_do_not_wait_for_the_python_processes_to_import(  # type: ignore[no-untyped-def]
+    tmp_path: Path, database_url: str, outside
+) -> None:
+    store, svc = outside
+    (tmp_path / "heavy.py").write_text(HEAVY_IMPORT)
+    service = ServiceProcess(tmp_path, database_url, imports="heavy")
+    service.start()  # the API answers while the python processes still import
+    try:
+        quick = wait_for(lambda: store.find_job("default", "quick"))
+        python_run = svc.run_now(quick.id)
+        ping = svc.create_job(
+            {"name": "ping", "kind": "http", "config": {"url": service.url("/api/v1/health")}}
+        )
+        http_run = svc.run_now(ping.id)
+        wait_for(lambda: store.get_run(http_run.id).status == S.SUCCEEDED)
+        assert store.get_run(python_run.id).status == S.PENDING  # no process to run it yet
+        (tmp_path / "imported").touch()
+        wait_for(lambda: store.get_run(python_run.id).status == S.SUCCEEDED)
+    finally:
+        service.stop()
+
+
 def test_kill_9_mid_run_loses_nothing(tmp_path: Path, database_url: str, outside) -> None:  # type: ignore[no-untyped-def]
     store, svc = outside
     (tmp_path / "workload.py").write_text(WORKLOAD)

@@ -340,9 +340,13 @@ class ProcessPool:
         self._started = True
         self._loop = asyncio.get_running_loop()
         atexit.register(self._kill_all)
-        results = await asyncio.gather(
-            *(self._spawn() for _ in range(self.size)), return_exceptions=True
-        )
+        try:
+            results = await asyncio.gather(
+                *(self._spawn() for _ in range(self.size)), return_exceptions=True
+            )
+        except asyncio.CancelledError:  # the children that were ready go with the pool
+            await self.close()
+            raise
         errors = [r for r in results if isinstance(r, BaseException)]
         for result in results:
             if isinstance(result, ChildProcess):

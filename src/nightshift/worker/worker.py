@@ -82,6 +82,8 @@ class Worker:
         self._closing = False
         self._claims_done = asyncio.Event()  # no claim under way (close() waits for one)
         self._claims_done.set()
+        #: The start of the kinds with processes (`start()`); their runs are claimed once done.
+        self._processes_ready: asyncio.Task[None] | None = None
         #: Where the store calls run: threads of this process unless the runtime gives a
         #: process of their own (store_process.py).
         self.calls: StoreCalls = calls or ThreadCalls(store)
@@ -96,23 +98,57 @@ class Worker:
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
+        """Start the store calls, the kinds and the start-up recovery. The kinds with processes
+        start in the background: their processes import the user's modules, which can take
+        seconds, and meanwhile the other kinds' runs (and, in `nightshift up`, the API) need
+        not wait. Their runs are claimed once the processes are ready (`_free_slots`)."""
         calls = asyncio.ensure_future(self.calls.start())  # meanwhile the executors start
         try:
-            for executor in self.executors.values():
-                await executor.start()
+            for kind, executor in self.executors.items():
+                if kind not in _PROCESS_KINDS:
+                    await executor.start()
         finally:
             await calls
+        processes = [e for k, e in self.executors.items() if k in _PROCESS_KINDS]
+        if processes:
+            self._processes_ready = asyncio.create_task(
+                self._start_processes(processes), name="processes"
+            )
         self._background = [
             asyncio.create_task(self._completer(), name="completer"),
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
         ]
         await self.recover_at_start()
 
+    async def _start_processes(self, executors: list[Executor]) -> None:
+        """Start the kinds with processes until they are up, then look for their runs. A
+        failed start is retried: their runs stay pending meanwhile, for this worker or any."""
+        delay = 0.5
+        for executor in executors:
+            while True:
+                try:
+                    await executor.start()
+                    break
+                except Exception:
+                    log.exception("could not start the python processes; retrying in %g s", delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+        self.wake()
+
+    async def processes_ready(self) -> None:
+        """Return once the kinds with processes have started (at once when `start()` was not
+        called: they start on their first run then)."""
+        if self._processes_ready is not None:
+            await asyncio.shield(self._processes_ready)
+
     async def close(self, grace_s: float | None = None) -> None:
         """Stop claiming; let executing runs finish within the grace period, then return the
         rest to pending with their checkpoints."""
         self._closing = True
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        if self._processes_ready is not None and not self._processes_ready.done():
+            self._processes_ready.cancel()  # no run of theirs was claimed: nothing waits
+            await asyncio.gather(self._processes_ready, return_exceptions=True)
         # A claim under way: its runs are released when it answers (`_claim_and_start`).
         # Bounded: a claim that does not answer (the database is gone) leaves its runs to the
         # next start's recovery.
@@ -155,6 +191,7 @@ class Worker:
 
     async def run_once(self) -> bool:
         """Claim one batch, execute it and wait until every outcome is recorded."""
+        await self.processes_ready()
         started = await self._claim_and_start()
         if started:
             await asyncio.wait(started)
@@ -223,7 +260,8 @@ class Worker:
         one), and only once a share of that room is free, a process would otherwise idle, or
         new work was announced: claims then come in batches without keeping a new run waiting
         behind the ones held here. Runs held for their time (`_ahead_room`) take no process
-        until it comes; event-loop runs held for theirs share the loop's slots."""
+        until it comes; event-loop runs held for theirs share the loop's slots. No python run
+        is claimed while the processes start (`start()`)."""
         # A run whose outcome is being recorded no longer needs a process or a loop slot. One
         # held for its time takes none until the time comes; from then on it takes one (or
         # waits for one) like a due run, though its process may not have reported it begun.
@@ -239,7 +277,8 @@ class Worker:
             else:
                 in_process += 1
         free: dict[str, tuple[int, int | None]] = {}
-        process_kinds = [str(k) for k in self.executors if k in _PROCESS_KINDS]
+        starting = self._processes_ready is not None and not self._processes_ready.done()
+        process_kinds = [] if starting else [str(k) for k in self.executors if k in _PROCESS_KINDS]
         loop_kinds = [str(k) for k in self.executors if k not in _PROCESS_KINDS]
         processes, prefetch = self.settings.worker_processes, self._prefetch()
         room = processes + prefetch - in_process
