@@ -39,6 +39,9 @@ class Inflight(Protocol):
     @property
     def withdrawn_total(self) -> int: ...
 
+    @property
+    def processes_up(self) -> int: ...
+
 
 def _histogram(name: str, doc: str, values: Sequence[float]) -> GaugeHistogramMetricFamily:
     buckets = [(str(bound), float(sum(1 for v in values if v <= bound))) for bound in WAIT_BOUNDS]
@@ -92,7 +95,8 @@ class StoreCollector(Collector):
 
 
 class WorkerCollector(Collector):
-    """This process's worker: busy slots against its slots, per pool; runs it gave back."""
+    """This process's worker: busy slots against its slots, per pool; its python processes
+    that are up; runs it gave back."""
 
     def __init__(self, worker: Inflight, settings: Settings) -> None:
         self.worker = worker
@@ -120,6 +124,12 @@ class WorkerCollector(Collector):
             families["slots"].add_metric([pool], slots)
             families["util"].add_metric([pool], busy[pool] / slots)
         yield from families.values()
+        yield GaugeMetricFamily(
+            "nightshift_worker_processes_up",
+            "Python worker processes of this process's worker ready for runs (0 while they "
+            "start: its python runs wait, pending, for any worker)",
+            value=self.worker.processes_up,
+        )
         yield CounterMetricFamily(
             "nightshift_worker_runs_withdrawn",
             "Runs held for their time that had not begun fire_ahead_s after it: back to pending",

@@ -766,8 +766,10 @@ async def test_other_kinds_run_while_the_python_processes_start(store, settings,
         await until(lambda: store.get_run(http_run.id).status == S.SUCCEEDED)
         waiting = store.get_run(python_run.id)
         assert waiting.status == S.PENDING and waiting.lease_owner is None  # not taken
+        assert worker.processes_up == 0  # what /metrics shows
         gate.touch()  # the import ends: the process is ready
         await until(lambda: store.get_run(python_run.id).status == S.SUCCEEDED)
+        assert worker.processes_up == 1
     finally:
         stop.set()
         await runner

@@ -121,6 +121,7 @@ def test_metrics_need_the_admin_token_and_name_the_families(serve) -> None:  # t
         "nightshift_worker_utilisation",
         "nightshift_worker_busy_slots",
         "nightshift_worker_slots",
+        "nightshift_worker_processes_up",
     ):
         assert f"# TYPE {family} " in text, family
     assert 'nightshift_runs{app="shop",status="running"} 1.0' in text

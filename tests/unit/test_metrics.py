@@ -25,6 +25,7 @@ def test_busy_slots_count_the_runs_that_began_only() -> None:
             5: chan(JobKind.HTTP, None),  # held for its time
         },
         withdrawn_total=3,
+        processes_up=1,  # one of two: the other is being replaced
     )
     settings = Settings(worker_processes=2, worker_concurrency=10)
     families = {f.name: f for f in WorkerCollector(worker, settings).collect()}  # type: ignore[arg-type]
@@ -34,3 +35,5 @@ def test_busy_slots_count_the_runs_that_began_only() -> None:
     assert util == {"process": 0.5, "loop": 0.1}
     [withdrawn] = families["nightshift_worker_runs_withdrawn"].samples
     assert withdrawn.name == "nightshift_worker_runs_withdrawn_total" and withdrawn.value == 3
+    [up] = families["nightshift_worker_processes_up"].samples
+    assert up.value == 1

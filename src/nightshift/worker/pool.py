@@ -421,6 +421,11 @@ class ProcessPool:
         return list(self._children)
 
     @property
+    def up(self) -> int:
+        """How many children are ready for tasks (idle or busy): not those starting or retiring."""
+        return sum(1 for child in self._children if child.state in ("idle", "busy"))
+
+    @property
     def waiting(self) -> int:
         """How many tasks wait for a child (queued ones behind a busy child not counted)."""
         return len(self._waiting)

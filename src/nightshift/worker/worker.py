@@ -701,6 +701,11 @@ class Worker:
     def inflight(self) -> dict[int, Any]:
         return dict(self._inflight)
 
+    @property
+    def processes_up(self) -> int:
+        """Processes of the kinds that need one ready for runs (a metric)."""
+        return sum(getattr(e, "processes_up", 0) for e in self.executors.values())
+
 
 async def _wait_any(event: asyncio.Event, stop: asyncio.Event, timeout: float) -> None:
     waiters = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())}

@@ -96,6 +96,11 @@ class PythonExecutor:
     def pool(self) -> ProcessPool | None:
         return self._pool
 
+    @property
+    def processes_up(self) -> int:
+        """Processes ready for runs: 0 while the pool starts, fewer while one is replaced."""
+        return 0 if self._pool is None else self._pool.up
+
     def validate(self, config: JSON) -> JSON:
         if not isinstance(config, dict):
             raise InvalidInput(
