@@ -620,3 +620,38 @@ async def test_runs_waiting_for_a_process_go_in_task_order(single: PythonExecuto
         await asyncio.sleep(0)
     await asyncio.gather(blocker, *runs)
     assert starts == ["blocker", "late", "a", "b", "c"]
+
+
+async def test_a_reload_while_the_processes_start_loads_the_new_code(tmp_path: Path) -> None:
+    """The processes start in the background (the worker claims python runs once they are up);
+    a reload meanwhile may come after they imported the code: it restarts them once up."""
+    gate, importing = tmp_path / "open", tmp_path / "importing"
+    code = tmp_path / "changing.py"
+    code.write_text(
+        "import pathlib, time\n"
+        "VERSION = 'old'\n"
+        f"pathlib.Path({str(importing)!r}).touch()\n"
+        f"while not pathlib.Path({str(gate)!r}).exists():\n"
+        "    time.sleep(0.01)\n"
+        "def version(ctx):\n"
+        "    ctx.log.info('version %s', VERSION)\n"
+    )
+    executor = PythonExecutor(processes=1, imports=["changing"], sys_path=[str(tmp_path)])
+    starting = asyncio.create_task(executor.start())
+    try:
+        deadline = time.monotonic() + 30
+        while not importing.exists():  # the process has read the old code
+            assert time.monotonic() < deadline, "the process never began importing"
+            await asyncio.sleep(0.01)
+        # Another size: a bytecode cache written for the old code must not pass for the new.
+        code.write_text(code.read_text().replace("'old'", "'new, reloaded'"))
+        reloading = asyncio.create_task(executor.recycle())
+        await asyncio.sleep(0.05)  # the reload waits for the start
+        gate.touch()
+        await asyncio.wait_for(asyncio.gather(starting, reloading), timeout=30)
+        io = MemoryIO()
+        outcome = await executor.execute(make_task("changing:version"), io)
+        assert outcome.status == "succeeded"
+        assert ("INFO", "version new, reloaded") in io.lines
+    finally:
+        await executor.close()

@@ -138,8 +138,10 @@ class PythonExecutor:
 
     async def recycle(self) -> None:
         """Restart the pool's child processes (a reload), so that changed code loads; a child
-        busy with a run finishes it first."""
-        pool = self._pool
+        busy with a run finishes it first. A pool still starting is restarted once up: its
+        children may have imported the code before it changed."""
+        async with self._lock:
+            pool = self._pool
         if pool is not None:
             await pool.recycle()
 
