@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import pairwise
@@ -51,6 +52,19 @@ async def rig(
 def py(service: Service, fn: str, name: str | None = None, **fields):  # type: ignore[no-untyped-def]
     config = {"function": f"tests.jobs_worker:{fn}", "params": fields.pop("params", {})}
     return service.create_job({"name": name or fn, "kind": "python", "config": config, **fields})
+
+
+@contextlib.asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[None]:
+    """The worker's loop in the background; stopped, and the worker closed, at the end."""
+    stop = asyncio.Event()
+    runner = asyncio.create_task(worker.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await runner
+        await worker.close(grace_s=0)
 
 
 async def until(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
@@ -323,25 +337,32 @@ class _Hello(BaseHTTPRequestHandler):
         pass
 
 
-async def test_an_http_run_records_request_and_response(rig, store) -> None:  # type: ignore[no-untyped-def]
-    service, worker = rig
+@pytest.fixture
+def ping_url() -> Iterator[str]:
+    """A URL on a real HTTP server on loopback that answers {"hello": "world"}."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/ping"
-        job = service.create_job(
-            {"name": "ping", "kind": "http", "config": {"url": url, "query": "parameters={type:1}"}}
-        )
-        run = service.run_now(job.id)
-        await worker.run_once()
-        done = store.get_run(run.id)
-        assert done.status == S.SUCCEEDED
-        assert done.result["request"]["url"].endswith("/ping?parameters={type:1}")
-        assert done.result["response"]["status"] == 200
-        assert '"hello"' in done.result["response"]["body"]
-        assert any("200" in line.message for line in store.get_logs(run.id))
-    finally:
-        server.shutdown()
+    yield f"http://127.0.0.1:{server.server_port}/ping"
+    server.shutdown()
+
+
+async def test_an_http_run_records_request_and_response(rig, store, ping_url) -> None:  # type: ignore[no-untyped-def]
+    service, worker = rig
+    job = service.create_job(
+        {
+            "name": "ping",
+            "kind": "http",
+            "config": {"url": ping_url, "query": "parameters={type:1}"},
+        }
+    )
+    run = service.run_now(job.id)
+    await worker.run_once()
+    done = store.get_run(run.id)
+    assert done.status == S.SUCCEEDED
+    assert done.result["request"]["url"].endswith("/ping?parameters={type:1}")
+    assert done.result["response"]["status"] == 200
+    assert '"hello"' in done.result["response"]["body"]
+    assert any("200" in line.message for line in store.get_logs(run.id))
 
 
 async def test_queue_overlap_runs_one_after_the_other(rig, store, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -489,24 +510,20 @@ def later(store: SqlStore, job_id: int, seconds: float):  # type: ignore[no-unty
 
 
 @pytest.mark.parametrize("kind", ["python", "http"])
-async def test_a_run_claimed_ahead_of_its_time_starts_at_it(ahead, store, tmp_path, kind) -> None:  # type: ignore[no-untyped-def]
+async def test_a_run_claimed_ahead_of_its_time_starts_at_it(
+    ahead, store, tmp_path, kind, ping_url
+) -> None:  # type: ignore[no-untyped-def]
     service, worker = ahead
     out = tmp_path / "began"
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        if kind == "python":
-            job = py(service, "sleeps", params={"seconds": 0, "out": str(out)})
-        else:
-            url = f"http://127.0.0.1:{server.server_port}/ping"
-            job = service.create_job({"name": "ping", "kind": "http", "config": {"url": url}})
-        run = later(store, job.id, 1.0)
-        task = asyncio.create_task(worker.run_once())
-        await until(lambda: store.get_run(run.id).status == S.RUNNING)  # claimed, held
-        assert SystemClock().now() < run.run_at
-        await asyncio.wait_for(task, 10)
-    finally:
-        server.shutdown()
+    if kind == "python":
+        job = py(service, "sleeps", params={"seconds": 0, "out": str(out)})
+    else:
+        job = service.create_job({"name": "ping", "kind": "http", "config": {"url": ping_url}})
+    run = later(store, job.id, 1.0)
+    task = asyncio.create_task(worker.run_once())
+    await until(lambda: store.get_run(run.id).status == S.RUNNING)  # claimed, held
+    assert SystemClock().now() < run.run_at
+    await asyncio.wait_for(task, 10)
     done = store.get_run(run.id)
     assert done.status == S.SUCCEEDED
     assert done.started_at >= run.run_at  # never before its time
@@ -573,7 +590,7 @@ async def test_runs_whose_claim_answers_after_close_began_go_back_to_pending(  #
 
 
 async def test_a_run_not_held_ahead_starts_at_its_time_after_claims_of_other_kinds(  # type: ignore[no-untyped-def]
-    store, settings, tmp_path, monkeypatch
+    store, settings, tmp_path, monkeypatch, ping_url
 ) -> None:
     """A worker whose python runs take longer than fire_ahead_s holds none for its time: that
     run is claimed at its time, even when claims of other kinds came between."""
@@ -586,23 +603,13 @@ async def test_a_run_not_held_ahead_starts_at_its_time_after_claims_of_other_kin
     out = tmp_path / "began"
     service.run_now(py(service, "sleeps", "long", params={"seconds": 0.4, "out": str(out)}).id)
     assert await worker.run_once()  # it has seen a python run take 0.4 s
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    stop = asyncio.Event()
-    runner = asyncio.create_task(worker.run(stop))
-    try:
+    async with running(worker):
         run = later(store, py(service, "sleeps", params={"seconds": 0, "out": str(out)}).id, 0.8)
-        url = f"http://127.0.0.1:{server.server_port}/ping"
-        ping = service.create_job({"name": "ping", "kind": "http", "config": {"url": url}})
+        ping = service.create_job({"name": "ping", "kind": "http", "config": {"url": ping_url}})
         service.run_now(ping.id)  # claimed now, on its own: the python run is not due yet
         await until(lambda: store.get_run(run.id).status == S.SUCCEEDED, timeout=8)
         done = store.get_run(run.id)
         assert run.run_at <= done.started_at < run.run_at + timedelta(seconds=0.5)
-    finally:
-        stop.set()
-        await runner
-        await worker.close(grace_s=0)
-        server.shutdown()
 
 
 async def test_a_fresh_worker_holds_runs_for_their_time_and_gives_back_what_it_cannot_start(  # type: ignore[no-untyped-def]
@@ -745,7 +752,9 @@ def slow_to_import(tmp_path) -> tuple[PythonExecutor, object, object]:  # type: 
     return kind, gate, pid
 
 
-async def test_other_kinds_run_while_the_python_processes_start(store, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_other_kinds_run_while_the_python_processes_start(  # type: ignore[no-untyped-def]
+    store, settings, tmp_path, ping_url
+) -> None:
     """The python processes import the user's modules, which can take seconds: http runs do
     not wait for them, and python runs stay pending (for any worker) until they are up."""
     clock = SystemClock()
@@ -754,13 +763,8 @@ async def test_other_kinds_run_while_the_python_processes_start(store, settings,
     worker = Worker(store, clock, settings, executors)
     service = Service(store, clock, settings, executors, on_change=worker.wake)
     await worker.start()  # returns while the process imports
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    stop = asyncio.Event()
-    runner = asyncio.create_task(worker.run(stop))
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/ping"
-        ping = service.create_job({"name": "ping", "kind": "http", "config": {"url": url}})
+    async with running(worker):
+        ping = service.create_job({"name": "ping", "kind": "http", "config": {"url": ping_url}})
         python_run = service.run_now(py(service, "ok").id)
         http_run = service.run_now(ping.id)
         await until(lambda: store.get_run(http_run.id).status == S.SUCCEEDED)
@@ -770,11 +774,6 @@ async def test_other_kinds_run_while_the_python_processes_start(store, settings,
         gate.touch()  # the import ends: the process is ready
         await until(lambda: store.get_run(python_run.id).status == S.SUCCEEDED)
         assert worker.processes_up == 1
-    finally:
-        stop.set()
-        await runner
-        await worker.close(grace_s=0)
-        server.shutdown()
 
 
 async def test_a_worker_closed_while_its_python_processes_start_stops_them(  # type: ignore[no-untyped-def]
