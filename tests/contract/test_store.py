@@ -191,6 +191,24 @@ def test_sync_renews_leases_stores_progress_and_reports_requests(
     assert store.sync("other", later, 10, [RunProgress(a.id)]).lost == {a.id}
 
 
+def test_sync_renews_a_lease_once_a_tenth_of_it_has_passed(
+    store: SqlStore, clock: FakeClock
+) -> None:
+    """A renewal rewrites the run's row: a heartbeat every 0.5 s renews a 30 s lease every 3 s."""
+    now = clock.now()
+    job = store.create_job(make_job(now))
+    run = store.enqueue(NewRun(job_id=job.id, run_at=now), now)
+    store.claim("w", now, 30, 10, ["python"])
+    soon = now + timedelta(seconds=2.5)
+    assert store.sync("w", soon, 30, [RunProgress(run.id, progress=10.0)]).lost == set()
+    held = store.get_run(run.id)
+    assert held.lease_expires_at == now + timedelta(seconds=30)  # as claimed
+    assert held.progress == 10.0  # what the heartbeat carries is stored all the same
+    later = now + timedelta(seconds=3.5)
+    store.sync("w", later, 30, [RunProgress(run.id)])
+    assert store.get_run(run.id).lease_expires_at == later + timedelta(seconds=30)
+
+
 def test_expired_leases_become_next_attempts_three_times_then_fail(
     store: SqlStore, clock: FakeClock
 ) -> None:

@@ -306,7 +306,8 @@ class Store(Protocol):
     def sync(
         self, owner: str, now: datetime, lease_s: float, updates: Sequence[RunProgress]
     ) -> SyncResult:
-        """Extend the leases of `owner`'s runs named in `updates`, store their progress, state and
+        """Extend the leases of `owner`'s runs named in `updates` to `now + lease_s` (those of
+        which a tenth has passed: a renewal is a row write), store their progress, state and
         log lines, and report which of them were asked to stop, to die, or are no longer held.
         Log lines of a run no longer held are still stored (they are its own); progress and
         state are not."""
