@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import threading
@@ -810,6 +811,7 @@ async def test_python_processes_that_fail_to_start_are_started_again(  # type: i
         "    marker.touch()\n"
         "    os._exit(3)\n"
     )
+    caplog.set_level(logging.INFO, logger="nightshift.worker")
     executors = build_executors(settings)
     executors[JobKind.PYTHON] = PythonExecutor(
         processes=1, imports=["dies_once"], sys_path=[str(tmp_path)]
@@ -824,5 +826,6 @@ async def test_python_processes_that_fail_to_start_are_started_again(  # type: i
         assert store.get_run(run.id).status == S.SUCCEEDED
         assert marker.exists()
         assert "could not start the python processes; retrying" in caplog.text
+        assert "1 python worker process(es) ready in" in caplog.text
     finally:
         await worker.close(grace_s=0)

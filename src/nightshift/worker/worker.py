@@ -123,7 +123,7 @@ class Worker:
     async def _start_processes(self, executors: list[Executor]) -> None:
         """Start the kinds with processes until they are up, then look for their runs. A
         failed start is retried: their runs stay pending meanwhile, for this worker or any."""
-        delay = 0.5
+        delay, began = 0.5, self.clock.monotonic()
         for executor in executors:
             while True:
                 try:
@@ -133,6 +133,8 @@ class Worker:
                     log.exception("could not start the python processes; retrying in %g s", delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
+        took = self.clock.monotonic() - began
+        log.info("%d python worker process(es) ready in %.2f s", self.processes_up, took)
         self.wake()
 
     async def processes_ready(self) -> None:
