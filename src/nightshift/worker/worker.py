@@ -131,7 +131,7 @@ class Worker:
                     break
                 except Exception:
                     log.exception("could not start the python processes; retrying in %g s", delay)
-                    await asyncio.sleep(delay)
+                    await self.clock.sleep(delay)
                     delay = min(delay * 2, 30.0)
         took = self.clock.monotonic() - began
         log.info("%d python worker process(es) ready in %.2f s", self.processes_up, took)
