@@ -69,6 +69,7 @@ class ServiceProcess:
             if self.ready(log_from):
                 return
             time.sleep(0.05)
+        self.stop()  # not left running after the test
         raise AssertionError(f"nightshift {self.role} not ready: {self.log.read_text()[-2000:]}")
 
     def ready(self, log_from: int = 0) -> bool:
