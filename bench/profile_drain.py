@@ -10,7 +10,9 @@ spawn) for the drain only, and summarises the raw (collapsed) stacks: active sam
 process and thread, the functions with the most self time, and the inclusive share of the
 functions that matter to the drain (claim, complete, the pool's IPC, SQLAlchemy, the driver).
 py-spy samples threads that are running (on a CPU: holding the GIL or in native code), not
-idle ones; it pauses the processes for each sample (about 1 % overhead at 100 Hz).
+idle ones. It reads them without stopping them (`--nonblocking`): stopping the processes for
+each sample skewed the samples towards system calls on our VMs (15.8 % of an event loop's in
+`getpid()`, bench/PROFILE.md, session 18), at the price of a stack now and then torn.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def record(args: argparse.Namespace, out: Path) -> Path:
             raise SystemExit("the benchmark ended before its drain")
         time.sleep(0.05)
     pid = ready.read_text().strip()
-    options = ["--subprocesses", "--threads", "--rate", str(args.rate)]
+    options = ["--subprocesses", "--threads", "--nonblocking", "--rate", str(args.rate)]
     spy = subprocess.Popen(
         [pyspy, "record", "--pid", pid, *options, "--format", "raw", "--output", str(raw)]
     )
