@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
 from nightshift.clock import FakeClock
 from nightshift.domain.misfire import FirePlan, Skip
-from nightshift.domain.models import Overlap
+from nightshift.domain.models import Overlap, Run
 from nightshift.domain.status import RunStatus
 from nightshift.errors import Conflict, NotFound
 from nightshift.store import Completion, NewRun, RunProgress, SqlStore, open_store
 from tests.factories import make_job
 
 S = RunStatus
+
+
+def held_run(store: SqlStore, now: datetime, owner: str = "w") -> Run:
+    """The one run of a new job, claimed by `owner` at `now` under a 30 s lease."""
+    job = store.create_job(make_job(now))
+    run = store.enqueue(NewRun(job_id=job.id, run_at=now), now)
+    assert [c.run.id for c in store.claim(owner, now, 30, 1, ["python"])] == [run.id]
+    return run
 
 
 def test_jobs_round_trip_and_filters(store: SqlStore, clock: FakeClock) -> None:
@@ -146,9 +154,7 @@ def test_exclusive_runs_take_the_job_slot_one_at_a_time(store: SqlStore, clock: 
 
 def test_completion_is_fenced_by_the_lease_owner(store: SqlStore, clock: FakeClock) -> None:
     now = clock.now()
-    job = store.create_job(make_job(now))
-    run = store.enqueue(NewRun(job_id=job.id, run_at=now), now)
-    store.claim("w1", now, 30, 10, ["python"])
+    run = held_run(store, now, "w1")
     assert store.complete([Completion(run.id, "intruder", S.SUCCEEDED, now)]) == [False]
     assert store.get_run(run.id).status == S.RUNNING
     done = Completion(
@@ -196,9 +202,7 @@ def test_sync_renews_a_lease_once_a_tenth_of_it_has_passed(
 ) -> None:
     """A renewal rewrites the run's row: a heartbeat every 0.5 s renews a 30 s lease every 3 s."""
     now = clock.now()
-    job = store.create_job(make_job(now))
-    run = store.enqueue(NewRun(job_id=job.id, run_at=now), now)
-    store.claim("w", now, 30, 10, ["python"])
+    run = held_run(store, now)
     soon = now + timedelta(seconds=2.5)
     assert store.sync("w", soon, 30, [RunProgress(run.id, progress=10.0)]).lost == set()
     held = store.get_run(run.id)
@@ -341,10 +345,8 @@ def test_completion_applies_job_changes_and_inserts_the_retry(
     store: SqlStore, clock: FakeClock
 ) -> None:
     now = clock.now()
-    job = store.create_job(make_job(now))
-    run = store.enqueue(NewRun(job_id=job.id, run_at=now), now)
-    store.claim("w", now, 30, 1, ["python"])
-    retry = NewRun(job_id=job.id, run_at=now + timedelta(seconds=5), attempt=2, retry_of=run.id)
+    run = held_run(store, now)
+    retry = NewRun(job_id=run.job_id, run_at=now + timedelta(seconds=5), attempt=2, retry_of=run.id)
     store.complete(
         [
             Completion(
@@ -358,8 +360,8 @@ def test_completion_applies_job_changes_and_inserts_the_retry(
             )
         ]
     )
-    assert store.get_job(job.id).enabled is False
-    runs = store.list_runs(job_id=job.id)
+    assert store.get_job(run.job_id).enabled is False
+    runs = store.list_runs(job_id=run.job_id)
     assert [(r.attempt, r.status, r.retry_of) for r in runs] == [
         (2, S.PENDING, run.id),
         (1, S.FAILED, None),
@@ -420,9 +422,7 @@ def test_an_older_schema_is_brought_to_head(store: SqlStore) -> None:
 
 def test_release_ends_runs_asked_to_stop_as_stopped(store: SqlStore, clock: FakeClock) -> None:
     now = clock.now()
-    job = store.create_job(make_job(now))
-    run = store.enqueue(NewRun(job_id=job.id, run_at=now), now)
-    store.claim("w", now, 30, 1, ["python"])
+    run = held_run(store, now)
     with store.engine.begin() as conn:  # what the stop operation writes
         from sqlalchemy import update
 
@@ -440,9 +440,7 @@ def test_log_lines_synced_after_the_completion_are_kept_but_progress_is_fenced(
     store: SqlStore, clock: FakeClock
 ) -> None:
     now = clock.now()
-    job = store.create_job(make_job(now))
-    run = store.enqueue(NewRun(job_id=job.id, run_at=now), now)
-    store.claim("w", now, 30, 1, ["python"])
+    run = held_run(store, now)
     # The completion commits before the heartbeat that carries the run's last log line.
     assert store.complete([Completion(run.id, "w", S.SUCCEEDED, now, progress=100.0)]) == [True]
     late = RunProgress(run.id, progress=10.0, logs=[(now, "INFO", "running v1")])
@@ -450,7 +448,7 @@ def test_log_lines_synced_after_the_completion_are_kept_but_progress_is_fenced(
     assert [line.message for line in store.get_logs(run.id)] == ["running v1"]
     assert store.get_run(run.id).progress == 100.0
     # A run that no longer exists (its job was deleted) is simply reported lost.
-    store.delete_job(job.id)
+    store.delete_job(run.job_id)
     assert store.sync("w", now, 30, [late]).lost == {run.id}
 
 
