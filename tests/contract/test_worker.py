@@ -825,7 +825,7 @@ async def test_python_processes_that_fail_to_start_are_started_again(  # type: i
         assert await worker.run_once()  # once the second start is up
         assert store.get_run(run.id).status == S.SUCCEEDED
         assert marker.exists()
-        assert "could not start the python processes; retrying" in caplog.text
+        assert "could not start a python worker process; retrying" in caplog.text
         assert "1 python worker process(es) ready in" in caplog.text
     finally:
         await worker.close(grace_s=0)

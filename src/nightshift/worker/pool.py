@@ -334,26 +334,18 @@ class ProcessPool:
     # -- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the children and wait until each has imported the `imports` modules."""
+        """Start the children and wait until each has imported the `imports` modules. A child
+        that dies before it is ready is started again, as a replacement is (`_replace`)."""
         if self._started:
             return
         self._started = True
         self._loop = asyncio.get_running_loop()
         atexit.register(self._kill_all)
         try:
-            results = await asyncio.gather(
-                *(self._spawn() for _ in range(self.size)), return_exceptions=True
-            )
+            await asyncio.gather(*(self._replace() for _ in range(self.size)))
         except asyncio.CancelledError:  # the children that were ready go with the pool
             await self.close()
             raise
-        errors = [r for r in results if isinstance(r, BaseException)]
-        for result in results:
-            if isinstance(result, ChildProcess):
-                self._release(result)
-        if errors:
-            await self.close()
-            raise errors[0]
 
     async def close(self) -> None:
         """Stop the children: a shutdown message, then SIGKILL after the grace period. Waiting
@@ -959,6 +951,7 @@ class ProcessPool:
             task.add_done_callback(self._spawning.discard)
 
     async def _replace(self) -> None:
+        """Start a child, again until one is ready (or the pool closes), and put it to work."""
         delay = 0.5
         while not self._closed:
             try:

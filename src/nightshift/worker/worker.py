@@ -121,20 +121,17 @@ class Worker:
         await self.recover_at_start()
 
     async def _start_processes(self, executors: list[Executor]) -> None:
-        """Start the kinds with processes until they are up, then look for their runs. A
-        failed start is retried: their runs stay pending meanwhile, for this worker or any."""
-        delay, began = 0.5, self.clock.monotonic()
-        for executor in executors:
-            while True:
-                try:
-                    await executor.start()
-                    break
-                except Exception:
-                    log.exception("could not start the python processes; retrying in %g s", delay)
-                    await self.clock.sleep(delay)
-                    delay = min(delay * 2, 30.0)
-        took = self.clock.monotonic() - began
-        log.info("%d python worker process(es) ready in %.2f s", self.processes_up, took)
+        """Start the kinds with processes, then look for their runs. A process that fails to
+        start is started again by its pool: their runs stay pending meanwhile, for any worker."""
+        began = self.clock.monotonic()
+        try:
+            for executor in executors:
+                await executor.start()
+        except Exception:  # their runs are claimed all the same, and start them on first use
+            log.exception("could not start the python processes")
+        else:
+            took = self.clock.monotonic() - began
+            log.info("%d python worker process(es) ready in %.2f s", self.processes_up, took)
         self.wake()
 
     async def processes_ready(self) -> None:
