@@ -376,6 +376,8 @@ def reads(store: Any, backend: str, job_ids: list[int]) -> dict[str, Any]:
         "get_run_ms": timed(lambda: store.get_run(rng.randint(lo, hi)), reps=50),
         "count_runs_ms": timed(store.count_runs, reps=5),
         "stats_minute_day_ms": timed(stats, reps=5),
+        # What a Prometheus scrape of /metrics reads (open and due runs, the last minute's).
+        "metrics_ms": timed(lambda: store.metrics_snapshot(until, 60, 1000), reps=20),
     }
     return {"buckets": stats(), **figures}
 

@@ -301,6 +301,19 @@ def rows_for(row: dict[str, Any]) -> list[list[str]]:
                 load,
             ]
         )
+        if "metrics_ms" in f:  # recorded since session 19
+            out.append(
+                [
+                    bench,
+                    backend,
+                    work,
+                    "metrics_snapshot() (what a scrape of /metrics reads)",
+                    f"{_n(f['metrics_ms'], 2)} ms (median)",
+                    "-",
+                    "-",
+                    load,
+                ]
+            )
         out.append(
             [
                 bench,

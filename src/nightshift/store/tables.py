@@ -21,6 +21,8 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
+    or_,
     text,
     true,
 )
@@ -249,8 +251,25 @@ _started = runs.c.started_at.is_not(None)
 _finished = runs.c.finished_at.is_not(None)
 Index("runs_started", runs.c.started_at, postgresql_where=_started, sqlite_where=_started)
 Index("runs_finished", runs.c.finished_at, postgresql_where=_finished, sqlite_where=_finished)
-_open = runs.c.status.in_(["pending", "running", "stopping", "stopped"])
-Index("runs_open", runs.c.status, runs.c.app, postgresql_where=_open, sqlite_where=_open)
+
+
+def _status_in(*statuses: str) -> Any:
+    """`status IN (...)` with the statuses written into the statement, not bound: SQLite's
+    planner never matches bound values in a list to the constants of an index's predicate,
+    PostgreSQL's not in a generic plan."""
+    return runs.c.status.in_(bindparam(None, list(statuses), expanding=True, literal_execute=True))
+
+
+#: Runs not yet final, as runs_open holds them: queries say it in these words, so that both
+#: planners see that they imply the index's predicate. Two lists of two statuses, not one of
+#: four: SQLite checks the predicate against a row's old and new version at each change of its
+#: status (every claim and completion), and it evaluates a list of three or more constants
+#: through a temporary table built each time, ~6 us of a claim+complete pair's ~48; a list of
+#: two it compares in place (migration 0008).
+run_is_open = or_(_status_in("pending", "running"), _status_in("stopping", "stopped"))
+Index(
+    "runs_open", runs.c.status, runs.c.app, postgresql_where=run_is_open, sqlite_where=run_is_open
+)
 
 run_logs = Table(
     "run_logs",

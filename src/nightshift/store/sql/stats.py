@@ -15,6 +15,7 @@ from sqlalchemy import (
     Float,
     Integer,
     and_,
+    bindparam,
     case,
     cast,
     delete,
@@ -36,6 +37,7 @@ from nightshift.store.sql.engine import Transactions, insert_or_ignore
 from nightshift.store.tables import (
     UtcDateTime,
     meta,
+    run_is_open,
     run_logs,
     run_stats,
     run_stats_hist,
@@ -47,7 +49,22 @@ from nightshift.store.tables import (
 STATS_WATERMARK = "stats_rolled_until"  # ns_meta: epoch microseconds, a whole UTC minute
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NONE = -1  # the watermark before the first roll-up
-_OPEN = ("pending", "running", "stopping", "stopped")  # as the runs_open index
+#: The runs not yet final by app and status (from runs_open alone: it holds both columns), and
+#: the pending ones that are due by app. Both say runs_open's predicate, so that they read that
+#: index whatever the number of finished runs: SQLite's planner does not infer it from `status
+#: = 'pending'`, and scanned every run in runs_app's order instead (to group without sorting):
+#: 234 ms a scrape at 1,000,000 runs, now under 1 (bench_scale.py, metrics_ms).
+OPEN_COUNTS = (
+    select(runs.c.app, runs.c.status, func.count())
+    .where(run_is_open)
+    .group_by(runs.c.app, runs.c.status)
+)
+DUE_COUNTS = (
+    select(runs.c.app, func.count())
+    .where(run_is_open, runs.c.status == "pending")
+    .where(runs.c.run_at <= bindparam("now", type_=runs.c.run_at.type))
+    .group_by(runs.c.app)
+)
 _FIGURES = (
     "created",
     "started",
@@ -385,17 +402,8 @@ class StatsStore:
     def metrics_snapshot(self, now: datetime, window_s: float, limit: int) -> MetricsSnapshot:
         since = now - timedelta(seconds=window_s)
         with self._tx.read() as conn:
-            is_open = runs.c.status.in_(_OPEN)
-            open_counts = conn.execute(
-                select(runs.c.app, runs.c.status, func.count())
-                .where(is_open)
-                .group_by(runs.c.app, runs.c.status)
-            ).all()
-            due = conn.execute(
-                select(runs.c.app, func.count())
-                .where(runs.c.status == "pending", runs.c.run_at <= now)
-                .group_by(runs.c.app)
-            ).all()
+            open_counts = conn.execute(OPEN_COUNTS).all()
+            due = conn.execute(DUE_COUNTS, {"now": now}).all()
             finished = conn.execute(
                 select(runs.c.app, runs.c.status, func.count())
                 .where(runs.c.finished_at >= since, runs.c.status.in_(list(TERMINAL)))
