@@ -369,6 +369,7 @@ def reads(store: Any, backend: str, job_ids: list[int]) -> dict[str, Any]:
     figures = {
         "list_ms": timed(lambda: store.list_runs(limit=50), reps=20),
         "list_failed_ms": timed(lambda: store.list_runs(limit=50, status=["failed"]), reps=20),
+        "list_running_ms": timed(lambda: store.list_runs(limit=50, status=["running"]), reps=20),
         "list_job_ms": timed(lambda: store.list_runs(limit=50, job_id=job), reps=20),
         "list_deep_page_ms": timed(
             lambda: store.list_runs(limit=50, before_id=(lo + hi) // 2), reps=20
@@ -378,6 +379,8 @@ def reads(store: Any, backend: str, job_ids: list[int]) -> dict[str, Any]:
         "stats_minute_day_ms": timed(stats, reps=5),
         # What a Prometheus scrape of /metrics reads (open and due runs, the last minute's).
         "metrics_ms": timed(lambda: store.metrics_snapshot(until, 60, 1000), reps=20),
+        # What every worker does every lease_s / 3 (nothing has expired here).
+        "recover_ms": timed(lambda: store.recover_expired(since, 3), reps=20),
     }
     return {"buckets": stats(), **figures}
 

@@ -277,12 +277,16 @@ def rows_for(row: dict[str, Any]) -> list[list[str]]:
     elif bench == "scale-runs":
         work = f"{f['runs']:,} runs"
         reads = [f["list_ms"], f["list_failed_ms"], f["list_job_ms"], f["list_deep_page_ms"]]
+        cases = "plain / failed / one job / deep page"
+        if "list_running_ms" in f:  # recorded since session 19
+            reads.insert(2, f["list_running_ms"])
+            cases = "plain / failed / running / one job / deep page"
         out.append(
             [
                 bench,
                 backend,
                 work,
-                "list_runs(limit=50): plain / failed / one job / deep page",
+                f"list_runs(limit=50): {cases}",
                 " / ".join(_n(v, 2) for v in reads) + " ms (median)",
                 "< 20 ms",
                 _yes(max(reads) < 20),
@@ -307,8 +311,9 @@ def rows_for(row: dict[str, Any]) -> list[list[str]]:
                     bench,
                     backend,
                     work,
-                    "metrics_snapshot() (what a scrape of /metrics reads)",
-                    f"{_n(f['metrics_ms'], 2)} ms (median)",
+                    "metrics_snapshot() (a scrape of /metrics) / recover_expired() (every "
+                    "worker, every lease_s / 3)",
+                    f"{_n(f['metrics_ms'], 2)} / {_n(f['recover_ms'], 2)} ms (median)",
                     "-",
                     "-",
                     load,

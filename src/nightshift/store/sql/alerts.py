@@ -26,11 +26,19 @@ from nightshift.errors import NotFound
 from nightshift.store.sql.codec import run_from_row
 from nightshift.store.sql.engine import Dialect, Transactions, insert_or_ignore
 from nightshift.store.sql.runs import run_query
-from nightshift.store.tables import alert_deliveries, alert_rules, apps, jobs, meta, runs
+from nightshift.store.tables import (
+    alert_deliveries,
+    alert_rules,
+    apps,
+    delivery_is_undelivered,
+    jobs,
+    meta,
+    run_is_executing,
+    runs,
+)
 
 SCAN_CURSOR = "alert_scan_us"  # ns_meta: finished_at (µs since the epoch) the failure scan reached
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_EXECUTING = ("running", "stopping")
 
 
 class AlertStore:
@@ -151,10 +159,19 @@ class AlertStore:
     ) -> list[Run]:
         if not apps:
             return []
+        # The executing runs' ids first, from runs_lease. Given `app IN (...)`, SQLite's planner
+        # read every run of the apps through runs_app, and for the ids alone every entry of
+        # runs_job_status (it holds status): the range on the lease (every executing run has
+        # one) is what makes it read runs_lease.
+        executing = (
+            select(runs.c.id)
+            .where(run_is_executing, runs.c.lease_expires_at.is_not(None))
+            .correlate(None)
+        )
         query = (
             run_query()
             .where(
-                runs.c.status.in_(_EXECUTING),
+                runs.c.id.in_(executing),
                 runs.c.is_test.is_(False),
                 runs.c.app.in_(list(apps)),
                 runs.c.started_at <= started_before,
@@ -226,6 +243,7 @@ class AlertStore:
             .join(alert_rules, alert_rules.c.id == d.c.rule_id)
             .where(
                 alert_rules.c.enabled.is_(True),
+                delivery_is_undelivered,
                 or_(
                     and_(d.c.status == "pending", d.c.next_attempt_at <= now),
                     # a dispatcher died mid-send: its lease ran out

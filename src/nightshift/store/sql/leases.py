@@ -45,7 +45,7 @@ from nightshift.store.sql.job_cache import JobCache
 from nightshift.store.sql.notify import RUNS, notify
 from nightshift.store.sql.prepared import IN_INDEX_ORDER, Prepares, one_of
 from nightshift.store.sql.runs import insert_run, run_query
-from nightshift.store.tables import UtcDateTime, jobs, run_logs, runs
+from nightshift.store.tables import UtcDateTime, jobs, run_is_executing, run_logs, runs
 
 _EXECUTING = [str(s) for s in EXECUTING]
 #: A lease is renewed once this share of it has passed, not at every heartbeat: each renewal
@@ -278,7 +278,7 @@ class LeaseStore:
         return count
 
     def recover_expired(self, now: datetime, max_lost: int) -> int:
-        query = run_query().where(runs.c.status.in_(_EXECUTING), runs.c.lease_expires_at < now)
+        query = run_query().where(run_is_executing, runs.c.lease_expires_at < now)
         if self._dialect.skip_locked:
             query = query.with_for_update(skip_locked=True, key_share=True, of=runs)
         with self._tx.write() as conn:
@@ -330,19 +330,19 @@ class LeaseStore:
         with self._tx.write() as conn:
             return conn.execute(
                 update(runs)
-                .where(runs.c.lease_owner.in_(owners), runs.c.status.in_(_EXECUTING))
+                .where(runs.c.lease_owner.in_(owners), run_is_executing)
                 .values(lease_expires_at=now - timedelta(microseconds=1))
             ).rowcount
 
     def held_runs(self, owner: str) -> list[int]:
-        query = select(runs.c.id).where(runs.c.lease_owner == owner, runs.c.status.in_(_EXECUTING))
+        query = select(runs.c.id).where(runs.c.lease_owner == owner, run_is_executing)
         with self._tx.read() as conn:
             return list(conn.scalars(query))
 
     def lease_owners(self) -> list[str]:
         query = (
             select(runs.c.lease_owner)
-            .where(runs.c.status.in_(_EXECUTING), runs.c.lease_owner.is_not(None))
+            .where(run_is_executing, runs.c.lease_owner.is_not(None))
             .distinct()
         )
         with self._tx.read() as conn:
