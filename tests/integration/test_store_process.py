@@ -34,6 +34,7 @@ from nightshift.worker.store_calls import ThreadCalls
 from nightshift.worker.store_process import StoreProcess, StoreProcessGone, store_calls
 from nightshift.worker.worker import Worker
 from tests.contract.test_worker import until
+from tests.factories import whole_second_ahead
 from tests.integration.conftest import ServiceProcess, wait_for
 
 S = RunStatus
@@ -123,7 +124,7 @@ async def test_the_scheduler_fires_in_the_store_process_and_a_kill_there_loses_n
     claims. Killed under the first one, the tick fails, is retried with a new process, and
     every due job fires once."""
     service = _service(store, settings)
-    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    start = whole_second_ahead()
     jobs = [
         service.create_job(
             {
@@ -184,7 +185,7 @@ async def test_a_tick_under_way_at_shutdown_ends_before_the_store_process_closes
     runtime = Runtime(
         settings.model_copy(update={"worker_store_calls": "process"}), roles=("scheduler", "worker")
     )
-    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    start = whole_second_ahead()
     job = runtime.service.create_job(
         {
             "name": "every-second",
