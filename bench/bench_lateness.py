@@ -1,7 +1,7 @@
 """Lateness: J schedules `every 1s` (no-op python jobs) for D seconds, on time or not.
 
     .venv/bin/python bench/bench_lateness.py [--jobs 1000] [--duration 60] [--backend sqlite]
-                                             [--schedulers 1]
+                                             [--schedulers 1] [--history 0]
 
 Every job gets the same `start_at` (a whole second), so all J are due at the same instant
 every second - the worst case, as in the peer harness's APScheduler runs. The service runs
@@ -27,6 +27,9 @@ database:
 - per instant (medians over the window's instants): the first and the last start after the
   instant, and the starts per second between them - what bounds the last start of J runs due
   together (bench/PROFILE.md, session 10).
+`--history N` first inserts N finished runs of another job, spread over the last day (as
+bench_scale.py does): the periodic reads and writes of a service with a long history then
+run beside the fires (the recovery of expired leases by every worker, every lease_s / 3).
 `Scheduler.tick` is timed by a wrapper: ticks, fires per tick, ms per tick. CPU per fired run
 over the window, by part, is read from /proc (the service's threads, its store process, the
 pool's children, the other schedulers, PostgreSQL's server): on a 2-core machine a big instant
@@ -45,6 +48,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bench_scale import insert_runs
 from bench_throughput import NOOP, CallStats
 from benchlib import (
     NIGHTSHIFT,
@@ -70,13 +74,19 @@ def whole_second_after(moment: datetime) -> datetime:
     return datetime.fromtimestamp(math.ceil(moment.timestamp()), UTC)
 
 
-def run(backend: str, jobs: int, duration: int, schedulers: int, results: Results) -> None:
+def run(
+    backend: str, jobs: int, duration: int, schedulers: int, results: Results, history: int = 0
+) -> None:
     from nightshift.config import Settings
     from nightshift.runtime import Runtime
 
     with TempDatabase(backend) as db, working_directory(db.workdir):
         settings = Settings(database_url=db.url)
         runtime = Runtime(settings, roles=("scheduler", "worker"))
+        if history:
+            past = runtime.service.create_job({"name": "history", "kind": "python", "config": NOOP})
+            print(f"  history: {history:,} runs inserted in", end=" ", flush=True)
+            print(f"{insert_runs(runtime.store, history, [past.id], backend):.1f} s", flush=True)
         # Creation takes ~2-6 ms per job here; start the timers after it with a margin.
         start_at = whole_second_after(datetime.now(UTC) + timedelta(seconds=2 + jobs * 0.008))
         t_create = time.perf_counter()
@@ -154,6 +164,7 @@ def run(backend: str, jobs: int, duration: int, schedulers: int, results: Result
             jobs=jobs,
             duration_s=duration,
             schedulers=schedulers,
+            history_runs=history,
             create_s=round(create_s, 2),
             load1_before=load_before,
             ticks=tick_summary,
@@ -291,6 +302,9 @@ def main() -> None:
     parser.add_argument(
         "--instants", action="store_true", help="print each instant's starts and lateness"
     )
+    parser.add_argument(
+        "--history", type=int, default=0, help="finished runs inserted first (a long history)"
+    )
     args = parser.parse_args()
     global SHOW_INSTANTS  # a flag for the analysis, set once here
     SHOW_INSTANTS = args.instants
@@ -299,7 +313,7 @@ def main() -> None:
     for backend in backends(args):
         k = args.schedulers if backend == "postgresql" else 1
         print(f"lateness {backend}: {args.jobs} x every 1s for {args.duration} s, {k} scheduler(s)")
-        run(backend, args.jobs, args.duration, k, results)
+        run(backend, args.jobs, args.duration, k, results, history=args.history)
 
 
 if __name__ == "__main__":

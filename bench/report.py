@@ -128,6 +128,8 @@ def rows_for(row: dict[str, Any]) -> list[list[str]]:
         work = f"{row['jobs']:,} x every 1s for {row['duration_s']} s"
         if row.get("schedulers", 1) > 1:
             work += f", {row['schedulers']} schedulers"
+        if row.get("history_runs"):
+            work += f", {row['history_runs']:,} runs of history"
         ok = (f["start_p99_ms"] or 1e9) <= 20 and (f["start_max_ms"] or 1e9) <= 100
         out.append(
             [
