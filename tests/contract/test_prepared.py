@@ -323,12 +323,13 @@ def test_open_runs_are_counted_from_runs_open_whatever_the_finished_runs(
             assert "runs_open" in plan, f"{sql}\n{plan}"
 
 
-def test_lease_alert_and_running_run_reads_use_their_partial_indexes(
+def test_lease_alert_and_run_list_reads_use_their_partial_indexes(
     store: SqlStore, clock: FakeClock
 ) -> None:
     """Every worker recovers expired leases every lease_s / 3; dispatchers claim alert
-    deliveries every alert_poll_s; the monitor lists the running runs. Said with bound statuses,
-    SQLite read every run (83 ms, 68 ms at 1,000,000 runs) or every delivery for them."""
+    deliveries every alert_poll_s; the monitor lists the running runs, or the cancelled ones.
+    Said with bound statuses, SQLite read every run (83 ms, 68 ms at 1,000,000 runs) or every
+    delivery for them."""
     now = clock.now()
     job_id = _mostly_finished(store, now)
     rule = store.create_alert_rule(
@@ -341,9 +342,12 @@ def test_lease_alert_and_running_run_reads_use_their_partial_indexes(
         NewDelivery(rule.id, run.id, AlertEvent.FAILED, Channel.WEBHOOK, {}) for run in finished
     ]
     assert store.add_alert_deliveries(made, now) == len(finished)
+    failed, cancelled = [r.id for r in finished[100:103]], [r.id for r in finished[200:202]]
     with store.engine.begin() as conn:
         delivered = {"status": "delivered", "delivered_at": now}
         conn.execute(update(alert_deliveries).where(alert_deliveries.c.id > 5).values(delivered))
+        conn.execute(update(runs).where(runs.c.id.in_(failed)).values(status="failed"))
+        conn.execute(update(runs).where(runs.c.id.in_(cancelled)).values(status="cancelled"))
         if store.dialect == "postgresql":
             conn.exec_driver_sql("ANALYZE")
     before = now - timedelta(minutes=1)
@@ -363,7 +367,18 @@ def test_lease_alert_and_running_run_reads_use_their_partial_indexes(
             "started_at <=",
             "runs_lease",
         ),
-        ("list_runs", lambda: store.list_runs(status=["running"], limit=50), "DESC", "runs_open"),
+        (
+            "list running",
+            lambda: store.list_runs(status=["running"], limit=50),
+            "DESC",
+            "runs_open",
+        ),
+        (
+            "list cancelled",
+            lambda: store.list_runs(status=["cancelled"], limit=50),
+            "DESC",
+            "runs_unsuccessful",
+        ),
         (
             "claim_alert_deliveries",
             lambda: store.claim_alert_deliveries("d1", now, 30, 10),
@@ -384,6 +399,9 @@ def test_lease_alert_and_running_run_reads_use_their_partial_indexes(
         store.held_runs("w1"), reverse=True
     )
     assert all(r.job_id == job_id for r in store.list_runs(status=["running"], limit=50))
+    listed = store.list_runs(status=["failed", "cancelled"], limit=50)
+    assert [r.id for r in listed] == sorted(failed + cancelled, reverse=True)
+    assert [r.id for r in store.list_runs(status=["cancelled"], limit=1)] == [max(cancelled)]
 
 
 def test_a_change_of_a_runs_status_builds_no_temporary_table(tmp_path: Any) -> None:
@@ -404,10 +422,11 @@ def test_a_change_of_a_runs_status_builds_no_temporary_table(tmp_path: Any) -> N
                 opcodes = {row[1] for row in program}
                 assert "IdxInsert" in opcodes  # the indexes on status are written...
                 assert "OpenEphemeral" not in opcodes, change  # ...without a temporary table
-            # What the migration made is what the table's definition says (queries use it).
-            (index,) = [i for i in runs.indexes if i.name == "runs_open"]
-            made = raw.execute("SELECT sql FROM sqlite_master WHERE name = 'runs_open'").fetchone()
-            assert made == (str(CreateIndex(index).compile(dialect=conn.dialect)),)
+            # What the migrations made is what the table's definition says (queries use it).
+            for index in runs.indexes:
+                made = raw.execute("SELECT sql FROM sqlite_master WHERE name = ?", (index.name,))
+                defined = str(CreateIndex(index).compile(dialect=conn.dialect))
+                assert made.fetchone() == (defined,), index.name
     finally:
         store.close()
 

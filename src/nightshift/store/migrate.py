@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).parent / "migrations"
 #: The newest revision (a test keeps it equal to Alembic's head): a database already there is
 #: recognised with one query, without loading Alembic and its scripts (a fifth of start-up).
-HEAD = "0008"
+HEAD = "0009"
 VERSION_TABLE = "ns_alembic_version"  # env.py gives it to Alembic
 # Any constant works: it only has to be the same for every Nightshift process on one database.
 _LOCK_KEY = 0x6E73_6D69  # "nsmi"

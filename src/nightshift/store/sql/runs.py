@@ -16,7 +16,7 @@ from nightshift.store.sql.codec import log_from_row, run_from_row
 from nightshift.store.sql.engine import Transactions
 from nightshift.store.sql.notify import RUNS, notification
 from nightshift.store.sql.prepared import Prepares
-from nightshift.store.tables import jobs, run_is_open, run_logs, runs
+from nightshift.store.tables import jobs, run_is_open, run_is_unsuccessful, run_logs, runs
 
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 #: Statuses few runs have at once (as many as the workers execute, and those stopped by hand):
@@ -24,6 +24,8 @@ LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 #: (the running runs at 1,000,000 runs: 68 ms). Not pending: a backlog may hold millions, and
 #: its newest are found first from the newest run.
 _FEW = frozenset({"running", "stopping", "stopped"})
+#: Final statuses most runs do not end in: a list of only these reads runs_unsuccessful.
+_UNSUCCESSFUL = frozenset({"failed", "cancelled", "skipped"})
 
 RUN_COLUMNS = [*runs.c, jobs.c.name.label("job_name")]
 
@@ -127,6 +129,8 @@ class RunStore:
             query = query.where(runs.c.status.in_(list(status)))
             if _FEW.issuperset(status):
                 query = query.where(run_is_open)  # see _FEW
+            elif _UNSUCCESSFUL.issuperset(status):
+                query = query.where(run_is_unsuccessful)
         if root_id is not None:
             query = query.where(or_(runs.c.root_id == root_id, runs.c.id == root_id))
         if since is not None:
