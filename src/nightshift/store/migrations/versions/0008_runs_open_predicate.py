@@ -7,8 +7,8 @@ Create Date: 2026-12-05 12:00:00.000000
 SQLite checks a partial index's predicate against a row's old and new version whenever an
 UPDATE changes a column the predicate reads: for runs_open, at every claim and completion. It
 evaluates `status IN (four constants)` through a temporary table built for each execution of
-the statement, twice per run: ~6 us of a claim+complete pair's ~48 (bench/PROFILE.md, session
-19). A list of two constants it compares in place. The set of runs is the same.
+the statement, twice per run. A list of two constants it compares in place: a claim+complete
+pair went from 47.3 to 43.7 us (bench/PROFILE.md, session 19). The set of runs is the same.
 
 The metrics' counts of open runs now say the predicate in the same words, with the statuses
 written into the statement: on SQLite they had scanned every run (its planner does not match a
