@@ -6,7 +6,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from nightshift.clock import FakeClock
 from nightshift.config import Settings
@@ -18,6 +17,7 @@ from nightshift.store.sql import firing
 from nightshift.store.tables import jobs
 from nightshift.worker.kinds.registry import build_executors
 from tests.factories import make_job
+from tests.plans import explain, statements_sent
 
 FN = {"function": "tests.jobs_sample:echo"}
 
@@ -152,22 +152,6 @@ def test_declared_jobs_are_created_in_one_bulk_insert(
 # -- the due-jobs index ------------------------------------------------------------------------
 
 
-def _statements(store: SqlStore, action: Any) -> list[tuple[str, Any]]:
-    """The SELECTs on jobs that `action` sends, with their parameters."""
-    seen: list[tuple[str, Any]] = []
-
-    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        if statement.lstrip().upper().startswith("SELECT") and "FROM jobs" in statement:
-            seen.append((statement, parameters))
-
-    event.listen(store.engine, "before_cursor_execute", record)
-    try:
-        action()
-    finally:
-        event.remove(store.engine, "before_cursor_execute", record)
-    return seen
-
-
 def test_the_due_queries_use_the_jobs_due_index(
     store: SqlStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -189,7 +173,11 @@ def test_the_due_queries_use_the_jobs_due_index(
         if store.dialect == "postgresql":
             conn.exec_driver_sql("ANALYZE jobs")
             conn.exec_driver_sql("ANALYZE apps")
-    queries = _statements(store, store.next_fire_due)
+
+    def on_jobs(sql: str) -> bool:
+        return sql.lstrip().upper().startswith("SELECT") and "FROM jobs" in sql
+
+    queries = statements_sent(store, store.next_fire_due, keep=on_jobs)
     assert len(queries) == 1
     # The due jobs are read by a statement on the driver (prepared.py): caught on its way.
     due = firing._DUE
@@ -203,14 +191,9 @@ def test_the_due_queries_use_the_jobs_due_index(
     monkeypatch.setattr(firing, "_DUE", Caught())
     store.fire_due(now, lambda job: pytest.fail("nothing is due"), 500)
     assert len(queries) == 2
-    explain = "EXPLAIN QUERY PLAN " if store.dialect == "sqlite" else "EXPLAIN "
     with store.engine.connect() as conn:
-        raw = conn.connection.dbapi_connection
         for statement, parameters in queries:
-            cursor = raw.cursor()  # type: ignore[union-attr]
-            cursor.execute(explain + statement, parameters)
-            plan = "\n".join(str(row) for row in cursor.fetchall())
-            cursor.close()
+            plan = explain(conn, statement, parameters)
             assert "jobs_due" in plan, f"{statement}\n{plan}"
     assert store.next_fire_due() == now + timedelta(hours=1)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import bindparam, event, exc, insert, select, text, update
+from sqlalchemy import bindparam, exc, insert, select, text, update
 from sqlalchemy.schema import CreateIndex
 
 from nightshift.clock import FakeClock
@@ -26,6 +26,7 @@ from nightshift.store.sql.prepared import Prepared, one_of
 from nightshift.store.tables import alert_deliveries, apps, jobs, runs
 from tests.conftest import PG_URL
 from tests.factories import make_job
+from tests.plans import explain, statements_sent
 
 
 def test_claimed_runs_and_jobs_read_as_through_sqlalchemy(
@@ -204,11 +205,8 @@ def test_a_runs_family_is_found_through_the_partial_lineage_index(
             conn.exec_driver_sql("ANALYZE runs")
         query = select(runs.c.id).where(runs.c.root_id == bindparam("root"))
         compiled = query.compile(dialect=store.engine.dialect)
-        explain = "EXPLAIN QUERY PLAN " if store.dialect == "sqlite" else "EXPLAIN "
         params: object = (root.id,) if compiled.positional else {"root": root.id}
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        cursor.execute(explain + str(compiled), params)
-        plan = "\n".join(str(row) for row in cursor.fetchall())
+        plan = explain(conn, str(compiled), params)
         assert "runs_root" in plan, plan
         assert sorted(conn.scalars(query, {"root": root.id})) == [k.id for k in kids]
 
@@ -237,7 +235,7 @@ def test_runs_are_found_by_time_through_the_partial_time_indexes(
         query = select(runs.c.id).where(time >= bindparam("since"), time < bindparam("until"))
         window = {"since": now, "until": done + timedelta(seconds=1)}
         prepared = Prepared(query, store.engine.dialect)
-        plan = _explain(conn, prepared.sql, prepared._encode(window))
+        plan = explain(conn, prepared.sql, prepared._encode(window))
         assert index in plan, plan
         if store.dialect == "postgresql":
             definition = conn.scalar(
@@ -281,21 +279,6 @@ def _mostly_finished(store: SqlStore, now: datetime) -> int:
     return job.id
 
 
-def _sent(store: SqlStore, call: Callable[[], object]) -> list[tuple[str, Any]]:
-    """The statements (and parameters) SQLAlchemy sends for `call()`."""
-    sent: list[tuple[str, Any]] = []
-
-    def record(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
-        sent.append((statement, params))
-
-    event.listen(store.engine, "before_cursor_execute", record)
-    try:
-        call()
-    finally:
-        event.remove(store.engine, "before_cursor_execute", record)
-    return sent
-
-
 def test_open_runs_are_counted_from_runs_open_whatever_the_finished_runs(
     store: SqlStore, clock: FakeClock
 ) -> None:
@@ -305,7 +288,7 @@ def test_open_runs_are_counted_from_runs_open_whatever_the_finished_runs(
     now = clock.now()
     _mostly_finished(store, now)
     snapshots = []
-    sent = _sent(store, lambda: snapshots.append(store.metrics_snapshot(now, 60, 10)))
+    sent = statements_sent(store, lambda: snapshots.append(store.metrics_snapshot(now, 60, 10)))
     (snapshot,) = snapshots
     assert sorted(snapshot.open_runs) == [
         ("default", "pending", 7),  # 10 left of the 3,000, less the 3 claimed; 2 not yet due
@@ -319,7 +302,7 @@ def test_open_runs_are_counted_from_runs_open_whatever_the_finished_runs(
     assert len(counts) == 2, sent
     with store.engine.begin() as conn:
         for sql, params in counts:
-            plan = _explain(conn, sql, params)
+            plan = explain(conn, sql, params)
             assert "runs_open" in plan, f"{sql}\n{plan}"
 
 
@@ -387,9 +370,9 @@ def test_lease_alert_and_run_list_reads_use_their_partial_indexes(
         ),
     ]
     for name, call, marker, index in cases:
-        (statement,) = [(sql, p) for sql, p in _sent(store, call) if marker in sql]
+        (statement,) = [(sql, p) for sql, p in statements_sent(store, call) if marker in sql]
         with store.engine.begin() as conn:
-            plan = _explain(conn, *statement)
+            plan = explain(conn, *statement)
         if store.dialect == "sqlite":  # what the statement says decides SQLite's choice
             assert index in plan, f"{name}: {statement[0]}\n{plan}"
         else:  # PostgreSQL's planner picks among the indexes by its statistics
@@ -440,10 +423,7 @@ def _explained(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[
     class Explained:
         def rows(self, conn: Any, params: dict[str, Any]) -> list[dict[str, Any]]:
             prepared = statement.on(conn)
-            explain = "EXPLAIN QUERY PLAN " if conn.dialect.name == "sqlite" else "EXPLAIN "
-            cursor = conn.connection.dbapi_connection.cursor()
-            cursor.execute(explain + prepared.sql, prepared._encode(params))
-            plans.append("\n".join(str(row) for row in cursor.fetchall()))
+            plans.append(explain(conn, prepared.sql, prepared._encode(params)))
             return statement.rows(conn, params)
 
     monkeypatch.setattr(module, name, Explained())
@@ -588,11 +568,11 @@ def test_a_completion_finds_its_runs_by_key_whatever_the_statistics_say(
             return real.on(conn)  # type: ignore[arg-type]
 
         def rows(self, conn: object, params: dict[str, object]) -> list[dict[str, object]]:
-            plans.append(_explain(conn, real.on(conn).sql, real.on(conn)._encode(params)))  # type: ignore[arg-type]
+            plans.append(explain(conn, real.on(conn).sql, real.on(conn)._encode(params)))  # type: ignore[arg-type]
             return real.rows(conn, params)  # type: ignore[arg-type]
 
         def many(self, conn: object, params: list[dict[str, object]]) -> int:
-            plans.append(_explain(conn, real.on(conn).sql, real.on(conn)._encode(params[0])))  # type: ignore[arg-type]
+            plans.append(explain(conn, real.on(conn).sql, real.on(conn)._encode(params[0])))  # type: ignore[arg-type]
             return real.many(conn, params)  # type: ignore[arg-type]
 
     monkeypatch.setitem(leases._COMPLETE, False, Explained())
@@ -605,13 +585,6 @@ def test_a_completion_finds_its_runs_by_key_whatever_the_statistics_say(
     assert "Seq Scan" not in plan and "SCAN runs" not in plan, plan
     assert "runs_pkey" in plan or "INTEGER PRIMARY KEY" in plan, plan
     assert store.count_runs(job_id=job.id, status=["succeeded"]) == 64
-
-
-def _explain(conn: Any, sql: str, params: Any) -> str:
-    explain = "EXPLAIN QUERY PLAN " if conn.dialect.name == "sqlite" else "EXPLAIN "
-    cursor = conn.connection.dbapi_connection.cursor()
-    cursor.execute(explain + sql, params)
-    return "\n".join(str(row) for row in cursor.fetchall())
 
 
 def test_text_with_nul_is_stored_everywhere_and_unchanged_where_it_can_be(
