@@ -112,7 +112,10 @@ class RunChannel:
             self.exec_task.cancel()
 
     def finished(self) -> None:
-        """The execution is over: its timeout no longer applies."""
+        """The execution is over: its timeout no longer applies, nor do stop callbacks."""
+        # The pool's callback holds its task, which holds this channel: a cycle per run that
+        # only the cyclic collector would free.
+        self._on_stop = []
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
