@@ -515,6 +515,23 @@ def test_usage_errors_of_the_real_command_are_one_line(args: list[str], message:
     assert one_error_line(done.stderr).startswith(message)
 
 
+def test_the_real_command_asks_the_api(fake: FakeApi) -> None:
+    """The installed command in a process of its own, as users run it, not the in-process
+    runner: what it sets up before the CLI (__main__.py) leaves its HTTP client whole."""
+    fake.on("GET", "/runs", {"items": [RUN], "next_cursor": None})
+    env = {**os.environ, "NIGHTSHIFT_URL": fake.url, "NIGHTSHIFT_TOKEN": "s3cret"}
+    done = subprocess.run(
+        [NIGHTSHIFT, "runs", "list", "--status", "running"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, "COLUMNS": "250"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "type1" in done.stdout and "running" in done.stdout
+    assert fake.last().query == {"status": "running"}
+
+
 @pytest.mark.parametrize("command", [[NIGHTSHIFT], [sys.executable, "-m", "nightshift"]])
 def test_no_arguments_prints_the_help(command: list[str]) -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
