@@ -126,6 +126,17 @@ def test_openapi_document_and_docs(api: ApiServer) -> None:
                 schema = responses[ok[0]]["content"]["application/json"]["schema"]
                 assert "$ref" in schema, (path, method, schema)
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    # Error answers are documented on every protected route, with the error's shape.
+    for status in ("401", "403", "404", "409", "413", "422"):
+        answer = paths["/api/v1/runs/{run_id}"]["get"]["responses"][status]
+        assert answer["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorOut"
+        }
+    assert "404" not in paths["/api/v1/health"]["get"]["responses"]
+    schemas = spec["components"]["schemas"]
+    detail = {"$ref": "#/components/schemas/ErrorDetail"}
+    assert schemas["ErrorOut"]["properties"]["error"] == detail
+    assert {"code", "message", "field"} <= set(schemas["ErrorDetail"]["properties"])
     bulk = spec["components"]["schemas"]["JobsBulkCreate"]["properties"]["jobs"]
     assert bulk["items"] == {"$ref": "#/components/schemas/JobCreate"}  # typed for clients
     job = spec["components"]["schemas"]["JobOut"]["properties"]

@@ -6,7 +6,11 @@ and docs pages) needs `Authorization: Bearer <token>`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from fastapi import APIRouter, Depends, FastAPI
+from pydantic.json_schema import models_json_schema
 
 from nightshift import __version__
 from nightshift.access import AccessService
@@ -21,8 +25,13 @@ from nightshift.api.schemas import ErrorOut
 from nightshift.service import Service
 
 PREFIX = "/api/v1"
+# The error answers every protected route documents, as references to ErrorOut's schema (added
+# to the document by `_with_error_schemas`). Given as `"model": ErrorOut`, FastAPI would build
+# a validator per status and route that nothing ever uses: 246 of them, 30 ms of every start
+# of the API (~45 % of building the app).
+_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
 _ERRORS = {
-    status: {"model": ErrorOut, "description": description}
+    status: {"content": _ERROR_CONTENT, "description": description}
     for status, description in {
         401: "no token, or an unknown or revoked one",
         403: "an app token asked for something only an admin token may do",
@@ -61,4 +70,22 @@ def create_app(
     protected.include_router(stats_route.router)
     protected.include_router(alerts_route.router)
     app.include_router(protected)
+    app.openapi = _with_error_schemas(app)  # type: ignore[method-assign]
     return app
+
+
+def _with_error_schemas(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The app's OpenAPI document, with the schemas its error answers refer to."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = generate()  # kept by the app as its openapi_schema
+            _, definitions = models_json_schema(
+                [(ErrorOut, "serialization")], ref_template="#/components/schemas/{model}"
+            )
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(definitions["$defs"])
+        return app.openapi_schema
+
+    return openapi
